@@ -268,6 +268,24 @@ impl<'b> FrameBuilder<'b> {
         Ok(())
     }
 
+    /// Appends a message already encoded by [`Message::emit`] in this builder's byte order
+    /// (`bytes.len()` is its flits × 8). The bytes are trusted: they are not re-validated.
+    ///
+    /// # Errors
+    /// [`PushError::Full`] when it does not fit.
+    pub fn push_encoded(&mut self, bytes: &[u8]) -> Result<(), PushError> {
+        debug_assert!(bytes.len() % FLIT == 0 && !bytes.is_empty());
+        if !self.fits(bytes.len() / FLIT) {
+            return Err(PushError::Full);
+        }
+        let start = self.cursor / FLIT;
+        self.buf[self.cursor..self.cursor + bytes.len()].copy_from_slice(bytes);
+        self.mask |= 1 << (start - 1);
+        self.cursor += bytes.len();
+        self.count += 1;
+        Ok(())
+    }
+
     /// Writes the header, zero padding up to `min_len` and the mask; returns the frame length.
     ///
     /// Use [`MIN_ETHERNET_PAYLOAD`] on raw Ethernet and 0 where no minimum applies (UDP).
