@@ -921,7 +921,14 @@ impl<'a> Message<'a> {
             })?,
         };
         let op = Op::decode(channel, header.opcode())?;
-        let mut msg = Self::base(channel, op, header.size());
+        // Channel E carries only the sink: its param, size and domain bits are reserved
+        // (spec §3.3, Table 1), so they are ignored like every other reserved field.
+        let size = if channel == Channel::E {
+            0
+        } else {
+            header.size()
+        };
+        let mut msg = Self::base(channel, op, size);
         let len = msg.buffer_len();
         if buf.len() < len {
             return Err(Error::Truncated {
