@@ -1,1 +1,113 @@
-fn main() {}
+//! The `oxmem` command. Thin: it parses arguments and hands the work to its modules.
+
+mod capture;
+mod decode;
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oxmem_wire::ByteOrder;
+
+use crate::capture::CaptureReader;
+use crate::decode::{Options, RunError};
+
+/// Memory pooling over Ethernet with OmniXtend.
+#[derive(Debug, Parser)]
+#[command(name = "oxmem", version)]
+#[command(after_help = "\
+Only `decode` exists so far. The memory node, the coordinator and the benchmarks \
+(node, coord, up, status, bench, demo) come later.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode OmniXtend frames in a pcap or pcapng capture.
+    ///
+    /// Prints one line per frame (TLoE header) and one indented line per TileLink message.
+    /// Frames of other EtherTypes and malformed frames are shown with the reason, never
+    /// skipped. Exits with 0 once the file is read, however malformed its frames.
+    Decode(DecodeArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecodeArgs {
+    /// The capture file (pcap or pcapng; recognised by content, not by name).
+    file: PathBuf,
+    /// One JSON object per frame instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The EtherType of OmniXtend frames, hex (0xAAAA) or decimal.
+    #[arg(long, default_value = "0xAAAA", value_parser = decode::parse_ethertype)]
+    ethertype: u16,
+    /// How data bytes sit in flits: `spec` (SiFive hardware) or `memory` (Western Digital's
+    /// host library).
+    #[arg(long, value_enum, default_value_t = Order::Spec)]
+    byte_order: Order,
+    /// Hex-dump message data, in memory order.
+    #[arg(long)]
+    data: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Order {
+    Spec,
+    Memory,
+}
+
+impl From<Order> for ByteOrder {
+    fn from(o: Order) -> Self {
+        match o {
+            Order::Spec => ByteOrder::Spec,
+            Order::Memory => ByteOrder::Memory,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A reader that stops early (`| head`) is not a failure.
+            let closed = e.downcast_ref::<RunError>().is_some_and(
+                |e| matches!(e, RunError::Output(io) if io.kind() == io::ErrorKind::BrokenPipe),
+            );
+            if closed {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("oxmem: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Decode(args) => decode_command(args),
+    }
+}
+
+fn decode_command(args: DecodeArgs) -> anyhow::Result<()> {
+    let path = args.file.display();
+    let file = File::open(&args.file).with_context(|| format!("cannot open {path}"))?;
+    let mut capture =
+        CaptureReader::new(BufReader::new(file)).with_context(|| format!("{path}"))?;
+    let opts = Options {
+        ethertype: args.ethertype,
+        order: args.byte_order.into(),
+        data: args.data,
+        json: args.json,
+    };
+    let stdout = io::stdout().lock();
+    let mut out = io::BufWriter::new(stdout);
+    decode::run(&mut capture, &opts, &mut out).map_err(anyhow::Error::new)?;
+    out.flush()
+        .map_err(|e| anyhow::Error::new(RunError::Output(e)))
+}
