@@ -254,9 +254,15 @@ impl Pair {
                 if self.corruption == Corruption::Dropped {
                     continue;
                 }
-                let flips = self.rng.random_range(1..=3);
-                for _ in 0..flips {
-                    let bit = self.rng.random_range(0..bytes.len() * 8);
+                // One to three distinct bits: flipping one bit twice would undo the damage.
+                let flips = self.rng.random_range(1..=3usize).min(bytes.len() * 8);
+                let mut bits = [usize::MAX; 3];
+                for k in 0..flips {
+                    let mut bit = self.rng.random_range(0..bytes.len() * 8);
+                    while bits[..k].contains(&bit) {
+                        bit = self.rng.random_range(0..bytes.len() * 8);
+                    }
+                    bits[k] = bit;
                     bytes[bit / 8] ^= 1 << (bit % 8);
                 }
                 corrupted = true;
