@@ -163,6 +163,8 @@ pub struct Connection {
     /// Credit the peer holds towards us: granted and not yet used.
     peer_credit: [u64; 5],
     credit_deadline: Option<Instant>,
+    /// The receive buffers are still being handed out for the first time: no waiting.
+    initial_grant: bool,
 
     // Application queues.
     send_queues: [VecDeque<Box<[u8]>>; 5],
@@ -218,6 +220,7 @@ impl Connection {
             credit_to_return: [0; 5],
             peer_credit: [0; 5],
             credit_deadline: None,
+            initial_grant: false,
             send_queues: Default::default(),
             queued_bytes: 0,
             events: VecDeque::new(),
@@ -244,6 +247,7 @@ impl Connection {
             self.peer_credit[ch] = initial.min(buffer);
             self.credit_to_return[ch] = buffer.saturating_sub(initial);
         }
+        self.initial_grant = true;
         match (variant, self.role) {
             (HeaderVariant::V1_1, Role::Initiator) => {} // open frame first; Open once acked
             (HeaderVariant::V1_0_3, Role::Initiator) => self.state = State::Open,
@@ -398,6 +402,11 @@ impl Connection {
     fn handle_checked_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), FrameError> {
         let frame = TloeFrame::new_checked(bytes)?;
         let header = TloeHeaderRepr::parse(&frame.header())?;
+        // Validate every message before acting on anything in the frame, its acknowledgement
+        // included: a frame is taken whole or not at all.
+        for msg in frame.messages(self.config.byte_order) {
+            msg?;
+        }
         if matches!(self.state, State::Failed) {
             return Ok(());
         }
@@ -457,10 +466,6 @@ impl Connection {
         header: &TloeHeaderRepr,
         variant: HeaderVariant,
     ) -> Result<(), FrameError> {
-        // Validate every message before taking any: a frame is accepted whole or not at all.
-        for msg in frame.messages(self.config.byte_order) {
-            msg?;
-        }
         let mut count = 0usize;
         for (flit, msg) in frame
             .mask()
@@ -733,6 +738,9 @@ impl Connection {
 
     /// Whether pending credit is worth a frame of its own now.
     fn credit_urgent(&mut self, now: Instant) -> bool {
+        if self.initial_grant {
+            return self.credit_to_return.iter().any(|&p| p > 0);
+        }
         let mut any = false;
         for ch in 0..5 {
             let pending = self.credit_to_return[ch];
@@ -831,6 +839,7 @@ impl Connection {
             self.peer_credit[ch] += grant.flits();
             if self.credit_to_return.iter().all(|&p| p == 0) {
                 self.credit_deadline = None;
+                self.initial_grant = false;
             }
         }
         let header = self.header(frame_type, seq, credit);
