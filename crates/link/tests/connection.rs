@@ -537,18 +537,12 @@ fn credit_grants_are_powers_of_two_one_per_frame() {
 #[test]
 fn sequence_numbers_wrap_around_2_to_the_22() {
     for seed in 0..20 {
-        let mut a = Connection::connect(config(), HeaderVariant::V1_1, T0);
-        let mut b = Connection::accept(config(), T0);
-        // Both sides agree to start a few frames before the wrap.
-        a.set_sequence_start(SEQ_MASK - 5, SEQ_MASK - 5);
-        b.set_sequence_start(SEQ_MASK - 5, SEQ_MASK - 5);
-        // The acceptor learns the variant from sequence 0; here the first frame is not 0, so
-        // start b in 1.1 explicitly by connecting it instead.
-        let mut b2 = Connection::connect(config(), HeaderVariant::V1_0_3, T0);
-        b2.set_sequence_start(SEQ_MASK - 5, SEQ_MASK - 5);
+        // An acceptor learns the variant from sequence 0, so start both sides as 1.0.3
+        // initiators (1.0.3 has no handshake) a few frames before the wrap.
         let mut a2 = Connection::connect(config(), HeaderVariant::V1_0_3, T0);
+        let mut b2 = Connection::connect(config(), HeaderVariant::V1_0_3, T0);
         a2.set_sequence_start(SEQ_MASK - 5, SEQ_MASK - 5);
-        drop((a, b));
+        b2.set_sequence_start(SEQ_MASK - 5, SEQ_MASK - 5);
         let mut pair = Pair::new(
             a2,
             b2,
