@@ -338,13 +338,11 @@ impl<'a> FrameRepr<'a> {
     /// A message error, [`Error::BufferTooSmall`] when the messages do not fit in one frame.
     pub fn emit(&self, buf: &mut [u8], min_len: usize, order: ByteOrder) -> Result<usize> {
         let needed = self.buffer_len(min_len);
+        let available = buf.len();
         let mut builder = FrameBuilder::new(buf, usize::MAX, order)?;
         for msg in &self.messages {
             builder.push(msg).map_err(|e| match e {
-                PushError::Full => Error::BufferTooSmall {
-                    needed,
-                    available: usize::MAX,
-                },
+                PushError::Full => Error::BufferTooSmall { needed, available },
                 PushError::Invalid(e) => e,
             })?;
         }

@@ -517,13 +517,21 @@ pub enum Payload<'a> {
     Masked(MaskedData<'a>),
 }
 
+/// Sizes above [`MAX_SIZE`] are invalid and [`Message::check`] refuses them; length arithmetic
+/// counts them as `MAX_SIZE + 1` so that sizing an unchecked message cannot overflow.
+const fn length_size(size: u8) -> u8 {
+    if size > MAX_SIZE { MAX_SIZE + 1 } else { size }
+}
+
 /// Number of data beats a message of `size` carries when it carries data.
 pub const fn data_beats(size: u8) -> usize {
+    let size = length_size(size);
     if size <= 3 { 1 } else { 1 << (size - 3) }
 }
 
 /// Number of mask flits PutPartialData of `size` carries.
 pub const fn mask_flits(size: u8) -> usize {
+    let size = length_size(size);
     if size <= 6 { 1 } else { 1 << (size - 6) }
 }
 

@@ -616,8 +616,38 @@ fn output_buffers_that_are_too_small_are_refused() {
         messages: vec![Message::get(7, 0, 3); 4],
     };
     assert_eq!(repr.buffer_len(0), 80);
-    assert!(matches!(
+    assert_eq!(
         repr.emit(&mut [0; 64], 0, ByteOrder::Spec),
-        Err(Error::BufferTooSmall { .. })
-    ));
+        Err(Error::BufferTooSmall {
+            needed: 80,
+            available: 64
+        })
+    );
+}
+
+#[test]
+fn frame_repr_with_an_oversized_data_message_is_refused_not_a_panic() {
+    let data = [0u8; 8];
+    let header = TloeHeaderRepr {
+        vc: 0,
+        frame_type: FrameType::Normal,
+        seq: 0,
+        seq_ack: 0,
+        ack: true,
+        credit: None,
+    };
+    for size in [16u8, 63, 64, 67, 200, 255] {
+        let repr = FrameRepr {
+            header,
+            messages: vec![
+                Message::put_full_data(7, 0, size, &data),
+                Message::put_partial_data(7, 0, size, &data, &data),
+            ],
+        };
+        let _ = repr.buffer_len(MIN_ETHERNET_PAYLOAD);
+        assert_eq!(
+            repr.emit(&mut [0u8; 256], MIN_ETHERNET_PAYLOAD, ByteOrder::Spec),
+            Err(Error::SizeTooLarge(size))
+        );
+    }
 }
