@@ -100,7 +100,7 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Times framing stopped because a channel had no credit for its next message.
     pub credit_stalls: u64,
-    /// Flits the peer sent beyond the credit it had been given.
+    /// Flits the peer sent beyond the credit it had been given (those frames were refused).
     pub credit_overruns: u64,
 }
 
@@ -160,6 +160,8 @@ pub struct Connection {
     tx_credits: [u64; 5],
     /// Credit freed by delivered messages and not yet returned to the peer.
     credit_to_return: [u64; 5],
+    /// Flits of delivered messages still waiting in the event queue.
+    undelivered: [u64; 5],
     /// Credit the peer holds towards us: granted and not yet used.
     peer_credit: [u64; 5],
     credit_deadline: Option<Instant>,
@@ -218,6 +220,7 @@ impl Connection {
             nak_sent_for: None,
             tx_credits: [0; 5],
             credit_to_return: [0; 5],
+            undelivered: [0; 5],
             peer_credit: [0; 5],
             credit_deadline: None,
             initial_grant: false,
@@ -299,6 +302,12 @@ impl Connection {
         self.credit_to_return[channel.index()]
     }
 
+    /// Flits of messages on `channel` delivered but not yet taken with `poll_event`: never more
+    /// than the receive buffer, since the peer may send only what it has credit for.
+    pub fn undelivered_flits(&self, channel: Channel) -> u64 {
+        self.undelivered[channel.index()]
+    }
+
     /// Sequenced frames sent and not yet acknowledged.
     pub fn unacked_frames(&self) -> usize {
         self.unacked.len()
@@ -377,7 +386,10 @@ impl Connection {
             }
         };
         let result = self.handle_checked_frame(now, bytes);
-        if let Err(FrameError::Malformed(_) | FrameError::WrongVariant) = result {
+        if let Err(
+            FrameError::Malformed(_) | FrameError::WrongVariant | FrameError::CreditOverrun { .. },
+        ) = result
+        {
             self.stats.malformed_frames += 1;
         }
         result
@@ -466,6 +478,18 @@ impl Connection {
         header: &TloeHeaderRepr,
         variant: HeaderVariant,
     ) -> Result<(), FrameError> {
+        // The peer may send only what it has credit for: a frame beyond that has no buffer to
+        // land in, so it is refused whole (and not acknowledged).
+        let mut need = [0u64; 5];
+        for msg in frame.messages(self.config.byte_order).flatten() {
+            need[msg.channel.index()] += msg.flits() as u64;
+        }
+        if let Some(ch) = (0..5).find(|&ch| need[ch] > self.peer_credit[ch]) {
+            self.stats.credit_overruns += need[ch] - self.peer_credit[ch];
+            return Err(FrameError::CreditOverrun {
+                channel: Channel::ALL[ch],
+            });
+        }
         let mut count = 0usize;
         for (flit, msg) in frame
             .mask()
@@ -474,11 +498,8 @@ impl Connection {
         {
             let msg = msg.expect("validated above");
             let ch = msg.channel.index();
-            let flits = msg.flits() as u64;
-            if flits > self.peer_credit[ch] {
-                self.stats.credit_overruns += flits - self.peer_credit[ch];
-            }
-            self.peer_credit[ch] = self.peer_credit[ch].saturating_sub(flits);
+            self.peer_credit[ch] -= msg.flits() as u64;
+            self.undelivered[ch] += msg.flits() as u64;
             let start = flit * FLIT;
             let bytes = frame.as_bytes()[start..start + msg.buffer_len()].into();
             self.events.push_back(Event::Message(Received {
@@ -642,7 +663,9 @@ impl Connection {
         let event = self.events.pop_front()?;
         if let Event::Message(m) = &event {
             let ch = m.message().channel.index();
-            self.credit_to_return[ch] += (m.bytes.len() / FLIT) as u64;
+            let flits = (m.bytes.len() / FLIT) as u64;
+            self.undelivered[ch] -= flits;
+            self.credit_to_return[ch] += flits;
         }
         Some(event)
     }

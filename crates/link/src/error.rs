@@ -11,6 +11,9 @@ pub enum FrameError {
     /// Peer: the frame is malformed.
     #[error("malformed frame: {0}")]
     Malformed(#[from] oxmem_wire::Error),
+    /// Peer: the frame carries more flits on a channel than the credit the peer was given.
+    #[error("peer exceeded its credit on channel {channel:?}")]
+    CreditOverrun { channel: oxmem_wire::Channel },
     /// Peer: a frame of the other header variant, or a connection message the variant lacks.
     #[error("frame does not match the connection's header variant")]
     WrongVariant,

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod fuzz;
 pub mod seq;
 pub mod sim;
 pub mod time;
