@@ -673,15 +673,15 @@ impl Connection {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called, if at all. Call
     /// [`poll_transmit`](Self::poll_transmit) until it returns `None` first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let ack = if self.ack_owed {
-            self.ack_deadline
-        } else {
-            None
+        // A deadline for a frame that the window would not let out anyway is no reason to
+        // wake: the acknowledgement that reopens the window brings the driver back.
+        let sequenced_ack = self.variant == Some(HeaderVariant::V1_0_3);
+        let ack = match self.ack_deadline {
+            Some(d) if self.ack_owed && (!sequenced_ack || self.window_open(false)) => Some(d),
+            _ => None,
         };
-        [self.rto_deadline, ack, self.credit_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        let credit = self.credit_deadline.filter(|_| self.window_open(true));
+        [self.rto_deadline, ack, credit].into_iter().flatten().min()
     }
 
     /// Writes the next frame to send into `buf` and returns its length, or `None` when there is
