@@ -61,8 +61,13 @@ pub struct CreditGrant {
 
 impl CreditGrant {
     /// Number of flits this grant returns.
+    /// Parsed grants have exponents up to 31; a larger one saturates rather than overflows.
     pub const fn flits(&self) -> u64 {
-        1u64 << self.exponent
+        if self.exponent < 64 {
+            1u64 << self.exponent
+        } else {
+            u64::MAX
+        }
     }
 }
 
