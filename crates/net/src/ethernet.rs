@@ -1,0 +1,1 @@
+//! Raw Ethernet transport (being written).
