@@ -91,3 +91,90 @@ pub fn wait_readable(fd: RawFd, waker: &Waker, timeout: Option<Duration>) -> io:
     }
     Ok(())
 }
+
+mod packet;
+mod udp;
+
+pub use packet::{
+    PACKET_OUTGOING, PacketRecvMeta, PacketSocket, open_packet_socket, recvmmsg_packet,
+    sendmmsg_packet,
+};
+pub use udp::{UdpRecvMeta, recvmmsg_udp, sendmmsg_udp};
+#[cfg(test)]
+pub use udp::{recv_one_udp, send_gso_udp, send_one_udp};
+
+/// Messages handed to one sendmmsg(2) or recvmmsg(2) call. The kernel caps a call at
+/// UIO_MAXIOV (1024); 64 keeps the per-call arrays on the stack (about 13 KiB) while already
+/// amortising the syscall over many frames.
+pub const MMSG_BATCH: usize = 64;
+
+/// Sets an integer socket option.
+///
+/// # Errors
+/// Errors of setsockopt(2).
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its exact size; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads an integer socket option.
+///
+/// # Errors
+/// Errors of getsockopt(2).
+pub fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into the live c_int and updates `len`.
+    let r = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &raw mut len) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}
+
+/// SO_SNDBUFFORCE and SO_RCVBUFFORCE (asm-generic/socket.h; the values differ only on MIPS,
+/// SPARC, Alpha and PA-RISC, which oxmem does not target). Not exported by `libc` for glibc.
+const SO_SNDBUFFORCE: libc::c_int = 32;
+const SO_RCVBUFFORCE: libc::c_int = 33;
+
+/// Asks for `bytes` of receive and send buffer: first with the `*FORCE` options, which exceed
+/// `net.core.rmem_max`/`wmem_max` but need CAP_NET_ADMIN, then with the plain ones (capped by
+/// those sysctls). Failures are ignored: a small buffer costs throughput, not correctness.
+/// Returns the sizes the kernel reports afterwards (it doubles the request for bookkeeping).
+pub fn grow_socket_buffers(fd: RawFd, bytes: usize) -> (usize, usize) {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, want).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, want);
+        }
+    }
+    let get = |name| {
+        getsockopt_int(fd, libc::SOL_SOCKET, name)
+            .ok()
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(0)
+    };
+    (get(libc::SO_RCVBUF), get(libc::SO_SNDBUF))
+}
