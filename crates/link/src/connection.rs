@@ -100,6 +100,8 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Times framing stopped because a channel had no credit for its next message.
     pub credit_stalls: u64,
+    /// Credit grants found on ack-only frames, which are unreliable and so ignored.
+    pub ack_only_credit_ignored: u64,
     /// Flits the peer sent beyond the credit it had been given (those frames were refused).
     pub credit_overruns: u64,
 }
@@ -175,8 +177,17 @@ pub struct Connection {
     /// Buffers of acknowledged frames, reused for new ones.
     spare: Vec<Vec<u8>>,
 
+    /// Sequenced frames holding content among `unacked`.
+    content_unacked: usize,
+
     // Connection messages (1.1).
     open_seq: Option<u32>,
+    /// The handshake is done (always, in 1.0.3 and when accepting): messages may be framed.
+    open_acked: bool,
+    connected_reported: bool,
+    /// When a close handshake whose close frame the peer acknowledged gives up waiting for
+    /// the peer's own close.
+    close_deadline: Option<Instant>,
     close_requested: bool,
     close_seq: Option<u32>,
     close_acked: bool,
@@ -228,7 +239,11 @@ impl Connection {
             queued_bytes: 0,
             events: VecDeque::new(),
             spare: Vec::new(),
+            content_unacked: 0,
             open_seq: None,
+            open_acked: false,
+            connected_reported: false,
+            close_deadline: None,
             close_requested: false,
             close_seq: None,
             close_acked: false,
@@ -247,15 +262,26 @@ impl Connection {
         for ch in 0..5 {
             self.tx_credits[ch] = initial;
             let buffer = u64::from(self.config.rx_buffer_flits[ch]);
-            self.peer_credit[ch] = initial.min(buffer);
+            // In 1.1 the peer starts with 128 whatever our buffer says: a buffer smaller than
+            // that is in effect 128 flits.
+            self.peer_credit[ch] = initial;
             self.credit_to_return[ch] = buffer.saturating_sub(initial);
         }
         self.initial_grant = true;
         match (variant, self.role) {
             (HeaderVariant::V1_1, Role::Initiator) => {} // open frame first; Open once acked
-            (HeaderVariant::V1_0_3, Role::Initiator) => self.state = State::Open,
+            (HeaderVariant::V1_0_3, Role::Initiator) => {
+                self.open_acked = true;
+                if self.state == State::Opening {
+                    self.state = State::Open;
+                }
+            }
             (_, Role::Acceptor) => {
-                self.state = State::Open;
+                self.open_acked = true;
+                if self.state == State::Opening {
+                    self.state = State::Open;
+                }
+                self.connected_reported = true;
                 self.events.push_back(Event::Connected(variant));
             }
         }
@@ -320,7 +346,7 @@ impl Connection {
 
     /// Nothing queued, nothing unacknowledged, no events pending.
     pub fn is_idle(&self) -> bool {
-        self.queued_bytes == 0 && self.unacked.iter().all(|f| !f.content) && self.events.is_empty()
+        self.queued_bytes == 0 && self.content_unacked == 0 && self.events.is_empty()
     }
 
     /// Most flits one message may take: a frame less its header and mask.
@@ -362,9 +388,18 @@ impl Connection {
     /// Closes once everything queued has been delivered. In 1.1 this sends a close frame and
     /// waits for the peer's; in 1.0.3 the connection simply ends once drained.
     pub fn close(&mut self) {
-        if matches!(self.state, State::Open | State::Opening) {
-            self.close_requested = true;
-            self.state = State::Closing;
+        match self.state {
+            // Accepting and nobody came: nothing to tell anyone.
+            State::Opening if self.variant.is_none() => {
+                self.state = State::Closed;
+                self.events.push_back(Event::Closed);
+            }
+            State::Open | State::Opening => {
+                self.close_requested = true;
+                self.state = State::Closing;
+                self.check_closed();
+            }
+            State::Closing | State::Closed | State::Failed => {}
         }
     }
 
@@ -419,7 +454,7 @@ impl Connection {
         for msg in frame.messages(self.config.byte_order) {
             msg?;
         }
-        if matches!(self.state, State::Failed) {
+        if self.state == State::Failed || (self.state == State::Closed && self.variant.is_none()) {
             return Ok(());
         }
         let variant = match self.variant {
@@ -442,18 +477,34 @@ impl Connection {
             return Err(FrameError::WrongVariant);
         }
 
+        let arrival = seq::classify(header.seq, self.next_rx_seq);
+        if header.frame_type != FrameType::AckOnly && arrival == Arrival::InOrder {
+            // The peer may send only what it has credit for: a frame beyond that has no buffer
+            // to land in, so it is refused whole, acknowledgement included.
+            let mut need = [0u64; 5];
+            for msg in frame.messages(self.config.byte_order).flatten() {
+                need[msg.channel.index()] += msg.flits() as u64;
+            }
+            if let Some(ch) = (0..5).find(|&ch| need[ch] > self.peer_credit[ch]) {
+                self.stats.credit_overruns += need[ch] - self.peer_credit[ch];
+                return Err(FrameError::CreditOverrun {
+                    channel: Channel::ALL[ch],
+                });
+            }
+        }
+
         self.on_ack(now, header.seq_ack, header.ack);
 
         if header.frame_type == FrameType::AckOnly {
-            // Ack-only frames are never retransmitted, so their credit (if a peer puts any
-            // there) cannot be counted twice.
-            if let Some(grant) = header.credit {
-                self.add_tx_credit(grant);
+            // Ack-only frames are not sequenced, so the network may duplicate them unnoticed:
+            // credit on one could be counted twice. oxmem never puts credit there.
+            if header.credit.is_some() {
+                self.stats.ack_only_credit_ignored += 1;
             }
             return Ok(());
         }
 
-        match seq::classify(header.seq, self.next_rx_seq) {
+        match arrival {
             Arrival::InOrder => self.accept_in_order(now, &frame, &header, variant),
             Arrival::Duplicate => {
                 self.stats.duplicates_received += 1;
@@ -478,18 +529,6 @@ impl Connection {
         header: &TloeHeaderRepr,
         variant: HeaderVariant,
     ) -> Result<(), FrameError> {
-        // The peer may send only what it has credit for: a frame beyond that has no buffer to
-        // land in, so it is refused whole (and not acknowledged).
-        let mut need = [0u64; 5];
-        for msg in frame.messages(self.config.byte_order).flatten() {
-            need[msg.channel.index()] += msg.flits() as u64;
-        }
-        if let Some(ch) = (0..5).find(|&ch| need[ch] > self.peer_credit[ch]) {
-            self.stats.credit_overruns += need[ch] - self.peer_credit[ch];
-            return Err(FrameError::CreditOverrun {
-                channel: Channel::ALL[ch],
-            });
-        }
         let mut count = 0usize;
         for (flit, msg) in frame
             .mask()
@@ -528,18 +567,20 @@ impl Connection {
         }
         if self.role == Role::Initiator
             && variant == HeaderVariant::V1_0_3
-            && self.state == State::Open
-            && header.seq == 0
+            && !self.connected_reported
         {
+            self.connected_reported = true;
             self.events.push_back(Event::Connected(variant));
         }
         let content =
             count > 0 || header.credit.is_some() || header.frame_type != FrameType::Normal;
-        if content {
-            self.owe_ack(now, false);
+        if content || variant == HeaderVariant::V1_1 {
+            // A close is acknowledged at once: the peer may stop driving us once it is closed.
+            self.owe_ack(now, header.frame_type == FrameType::Close);
         } else {
             // An empty 1.0.3 frame is acknowledged only on a frame that goes anyway; answering
-            // it with another sequenced frame would never end.
+            // it with another sequenced frame would never end. (In 1.1 the answer is an
+            // unsequenced ack-only frame, so it ends there.)
             self.ack_owed = true;
         }
         self.check_closed();
@@ -577,24 +618,29 @@ impl Connection {
                 }
                 if Some(frame.seq) == self.close_seq {
                     self.close_acked = true;
+                    if !self.close_received {
+                        self.close_deadline = Some(now + self.config.dead_after);
+                    }
+                }
+                if frame.content {
+                    self.content_unacked -= 1;
                 }
                 self.spare.push(frame.bytes);
             }
             self.acked_seq = seq_ack;
             self.resend_cursor = self
                 .resend_cursor
-                .and_then(|c| c.checked_sub(advance as usize))
+                .map(|c| c.saturating_sub(advance as usize))
                 .filter(|&c| c < self.unacked.len());
             self.last_progress = now;
-            self.rto_deadline = self
-                .unacked
-                .iter()
-                .any(|f| f.content)
-                .then(|| now + self.config.retransmit_timeout);
+            self.rto_deadline =
+                (self.content_unacked > 0).then(|| now + self.config.retransmit_timeout);
             progress = true;
             self.check_closed();
         }
-        if !ack && !self.unacked.is_empty() {
+        // A NAK behind what is already acknowledged is stale (resent frames keep their old
+        // headers): acting on it would resend the window for nothing.
+        if !ack && advance <= outstanding && !self.unacked.is_empty() {
             self.stats.naks_received += 1;
             let holdoff = self.config.retransmit_timeout / 4;
             let recent = self.last_retransmit.is_some_and(|t| now < t + holdoff);
@@ -606,8 +652,12 @@ impl Connection {
     }
 
     fn on_open_acked(&mut self) {
+        self.open_acked = true;
         if self.state == State::Opening {
             self.state = State::Open;
+        }
+        if !self.connected_reported {
+            self.connected_reported = true;
             self.events.push_back(Event::Connected(HeaderVariant::V1_1));
         }
     }
@@ -618,16 +668,27 @@ impl Connection {
         }
         let done = match self.variant {
             Some(HeaderVariant::V1_1) => self.close_acked && self.close_received,
-            _ => self.queued_bytes == 0 && self.unacked.iter().all(|f| !f.content),
+            _ => self.queued_bytes == 0 && self.content_unacked == 0,
         };
         if done {
-            self.state = State::Closed;
-            self.events.push_back(Event::Closed);
+            self.enter_closed();
         }
+    }
+
+    fn enter_closed(&mut self) {
+        self.state = State::Closed;
+        self.credit_deadline = None;
+        self.close_deadline = None;
+        self.events.push_back(Event::Closed);
     }
 
     /// Handles the timer: retransmission, or declaring the peer dead.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.close_deadline.is_some_and(|d| now >= d) && self.state == State::Closing {
+            // The peer acknowledged our close but never sent its own: it is gone.
+            self.enter_closed();
+            return;
+        }
         if let Some(deadline) = self.rto_deadline {
             if now >= deadline {
                 if now - self.last_progress >= self.config.dead_after {
@@ -680,8 +741,15 @@ impl Connection {
             Some(d) if self.ack_owed && (!sequenced_ack || self.window_open(false)) => Some(d),
             _ => None,
         };
-        let credit = self.credit_deadline.filter(|_| self.window_open(true));
-        [self.rto_deadline, ack, credit].into_iter().flatten().min()
+        let credit = self
+            .credit_deadline
+            .filter(|_| matches!(self.state, State::Opening | State::Open | State::Closing))
+            .filter(|_| self.window_open(true));
+        let close = self.close_deadline.filter(|_| self.state == State::Closing);
+        [self.rto_deadline, ack, credit, close]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Writes the next frame to send into `buf` and returns its length, or `None` when there is
@@ -718,11 +786,16 @@ impl Connection {
     }
 
     /// Whether another sequenced frame may be sent (window and retransmit buffer).
+    /// Whether another sequenced frame may be sent: within the 2^21 window, at most
+    /// `max_in_flight` frames with content, and (for 1.0.3 acknowledgements, which are
+    /// sequenced too) at most twice that in all, so a peer that never acknowledges cannot make
+    /// the retransmit buffer grow without bound, while acknowledgements still get out when the
+    /// window is full of content.
     fn window_open(&self, content: bool) -> bool {
         let in_flight = seq::diff(self.next_tx_seq, self.acked_seq).wrapping_sub(1) & SEQ_MASK;
         in_flight + 1 < seq::WINDOW
-            && (!content
-                || self.unacked.iter().filter(|f| f.content).count() < self.config.max_in_flight)
+            && self.unacked.len() < 2 * self.config.max_in_flight.max(1)
+            && (!content || self.content_unacked < self.config.max_in_flight)
     }
 
     fn header(
@@ -799,6 +872,9 @@ impl Connection {
         }
         let trailer = self.config.integrity.trailer_len();
         let limit = self.config.max_frame.min(buf.len().saturating_sub(trailer));
+        if limit < self.config.min_frame.max(MIN_TLOE_LEN) {
+            return None; // no frame fits this buffer: take nothing off the queues
+        }
         let seq = self.next_tx_seq;
 
         // Connection messages first.
@@ -810,8 +886,9 @@ impl Connection {
         } else if variant == HeaderVariant::V1_1
             && self.close_requested
             && self.close_seq.is_none()
+            && self.open_acked
             && self.queued_bytes == 0
-            && self.unacked.iter().all(|f| !f.content)
+            && self.content_unacked == 0
         {
             FrameType::Close
         } else {
@@ -823,7 +900,7 @@ impl Connection {
         let mut builder =
             FrameBuilder::new(&mut buf[..limit], limit, self.config.byte_order).ok()?;
         let mut stalled = false;
-        if frame_type == FrameType::Normal && self.state != State::Opening {
+        if frame_type == FrameType::Normal && self.open_acked {
             'channels: for ch in FRAMING_ORDER {
                 let i = ch.index();
                 while let Some(msg) = self.send_queues[i].front() {
@@ -947,8 +1024,11 @@ impl Connection {
     ) {
         storage.clear();
         storage.extend_from_slice(bytes);
-        if content && !self.unacked.iter().any(|f| f.content) {
-            self.last_progress = now;
+        if content {
+            if self.content_unacked == 0 {
+                self.last_progress = now;
+            }
+            self.content_unacked += 1;
         }
         self.unacked.push_back(SentFrame {
             seq,

@@ -182,6 +182,7 @@ impl Peers {
 /// A running engine. Dropping it stops the thread.
 #[derive(Debug)]
 pub struct Engine {
+    epoch: std::time::Instant,
     waker: Waker,
     stop: Arc<AtomicBool>,
     stats: Arc<EngineStats>,
@@ -208,6 +209,7 @@ impl Engine {
         link.max_frame = params.max_frame;
         link.min_frame = params.min_frame;
         link.integrity = params.integrity;
+        let epoch = std::time::Instant::now();
         let run = Runner {
             peers: Peers {
                 map: HashMap::new(),
@@ -218,18 +220,24 @@ impl Engine {
             waker: waker.clone(),
             stop: stop.clone(),
             stats: stats.clone(),
-            epoch: std::time::Instant::now(),
+            epoch,
         };
         let thread = std::thread::Builder::new()
             .name(run.config.name.clone())
             .spawn(move || run.run(&mut transport, handler))?;
         Ok(Engine {
+            epoch,
             waker,
             stop,
             stats,
             local,
             thread: Some(thread),
         })
+    }
+
+    /// The engine's clock: deadlines handed to its handler are in this time.
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
     /// Wakes the engine: call after giving its handler work through a queue.

@@ -1,0 +1,467 @@
+//! `Endpoint`: reads, writes, batches and atomics against one memory node.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::mpsc::{self, Sender};
+use std::time::Duration;
+
+use oxmem_link::{HeaderVariant, Instant};
+use oxmem_net::engine::{Engine, EngineConfig, EngineStats, PeerSettings};
+use oxmem_net::{PeerAddr, Transport};
+use oxmem_wire::ByteOrder;
+use tokio::sync::oneshot;
+
+use crate::ClientStats;
+use crate::error::Error;
+use crate::handler::{AtomicOp, ClientHandler, Command, HandlerConfig, Kind, Reply};
+
+/// How an endpoint behaves.
+#[derive(Debug, Clone)]
+pub struct EndpointOptions {
+    /// Header variant to open the connection in.
+    pub variant: HeaderVariant,
+    /// Longest a request may take.
+    pub timeout: Duration,
+    /// Longest the connection may take to open.
+    pub connect_timeout: Duration,
+    /// Write unaligned edges with PutPartialData (off for peers that lack it).
+    pub partial_writes: bool,
+    /// Most TileLink messages in flight (TileLink source ids in use).
+    pub max_in_flight: u32,
+    /// Largest TLoE frame towards this node, when smaller than the transport's.
+    pub max_frame: Option<usize>,
+    /// Largest single message, in bytes (a power of two), when smaller than frames allow.
+    pub max_message: Option<usize>,
+    /// Data byte order of the node.
+    pub byte_order: ByteOrder,
+    /// Receive buffer per channel in flits: how many response flits may be in flight.
+    pub rx_buffer_flits: u32,
+}
+
+impl Default for EndpointOptions {
+    fn default() -> Self {
+        EndpointOptions {
+            variant: HeaderVariant::V1_1,
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            partial_writes: true,
+            max_in_flight: 4096,
+            max_frame: None,
+            max_message: None,
+            byte_order: ByteOrder::Spec,
+            rx_buffer_flits: 1 << 17,
+        }
+    }
+}
+
+/// The largest message size exponent whose frame fits `max_frame` bytes: a header, a
+/// two-flit request header and the data beats, plus the mask flit.
+pub(crate) fn max_size_for_frame(max_frame: usize) -> u8 {
+    let flits = (max_frame / 8).saturating_sub(2); // TLoE header and mask
+    let data_bytes = flits.saturating_sub(2) * 8; // message header + address
+    let mut size = 3u8;
+    while size < 15 && (1usize << (size + 1)) <= data_bytes {
+        size += 1;
+    }
+    size
+}
+
+/// A connection to one memory node, usable from many threads at once.
+///
+/// Blocking calls ([`read`](Self::read), [`write`](Self::write), …) and async calls
+/// ([`read_async`](Self::read_async), …) may be mixed. Every request is split into TileLink
+/// messages that the endpoint's engine thread keeps in flight as far as credits and the
+/// window allow. Read data is assembled in a buffer of the engine and copied once into the
+/// caller's buffer when the whole read has arrived, so a failed or timed-out read never
+/// leaves a half-filled buffer.
+#[derive(Debug)]
+pub struct Endpoint {
+    engine: Engine,
+    commands: Mutex<Sender<Command>>,
+    peer: PeerAddr,
+    options: EndpointOptions,
+    stats: Arc<ClientStats>,
+}
+
+impl Endpoint {
+    /// Connects to the node at `peer` through `transport`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the connection does not open in time, [`Error::Io`] when the
+    /// engine cannot start.
+    pub fn with_transport<T: Transport>(
+        transport: T,
+        peer: PeerAddr,
+        options: EndpointOptions,
+    ) -> Result<Endpoint, Error> {
+        let params = transport.link_params();
+        let max_frame = options
+            .max_frame
+            .map_or(params.max_frame, |m| m.min(params.max_frame));
+        let mut max_size = max_size_for_frame(max_frame);
+        if let Some(m) = options.max_message {
+            max_size = max_size.min(m.max(1).ilog2() as u8);
+        }
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(ClientStats::default());
+        let handler = ClientHandler::new(
+            HandlerConfig {
+                peer,
+                variant: options.variant,
+                max_size,
+                partial_writes: options.partial_writes,
+                max_in_flight: options.max_in_flight,
+            },
+            rx,
+            stats.clone(),
+        );
+        let mut config = EngineConfig {
+            name: format!("oxmem-client {peer}"),
+            ..EngineConfig::default()
+        };
+        config.link.rx_buffer_flits = [options.rx_buffer_flits; 5];
+        config.link.send_queue_bytes = 64 << 20;
+        config.peers.insert(
+            peer,
+            PeerSettings {
+                max_frame: Some(max_frame),
+                byte_order: Some(options.byte_order),
+            },
+        );
+        let engine = Engine::spawn(transport, handler, config)?;
+        let endpoint = Endpoint {
+            engine,
+            commands: Mutex::new(tx),
+            peer,
+            options,
+            stats,
+        };
+        let (reply, wait) = oneshot::channel();
+        let deadline = endpoint.engine.now() + endpoint.options.connect_timeout;
+        endpoint.command(Command::Connect { reply, deadline })?;
+        wait.blocking_recv().map_err(|_| Error::Shutdown)??;
+        Ok(endpoint)
+    }
+
+    /// The node's address.
+    pub fn peer(&self) -> PeerAddr {
+        self.peer
+    }
+
+    /// Counters of this endpoint.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Counters of the engine under it (frames, bytes, sleeps).
+    pub fn engine_stats(&self) -> &EngineStats {
+        self.engine.stats()
+    }
+
+    fn command(&self, c: Command) -> Result<(), Error> {
+        self.commands
+            .lock()
+            .map_err(|_| Error::Shutdown)?
+            .send(c)
+            .map_err(|_| Error::Shutdown)?;
+        self.engine.waker().wake();
+        Ok(())
+    }
+
+    fn deadline(&self) -> Instant {
+        self.engine.now() + self.options.timeout
+    }
+
+    fn submit(
+        &self,
+        address: u64,
+        kind: Kind,
+    ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
+        let len = match &kind {
+            Kind::Read { len } => *len,
+            Kind::Write { data } => data.len(),
+            Kind::Atomic { width, .. } => {
+                if !matches!(width, 1 | 2 | 4 | 8) {
+                    return Err(Error::InvalidRequest("atomic width must be 1, 2, 4 or 8"));
+                }
+                if address % u64::from(*width) != 0 {
+                    return Err(Error::InvalidRequest(
+                        "atomic address must be aligned to its width",
+                    ));
+                }
+                usize::from(*width)
+            }
+        };
+        if len == 0 {
+            return Err(Error::InvalidRequest("zero-length transfer"));
+        }
+        if address.checked_add(len as u64).is_none() {
+            return Err(Error::InvalidRequest("address range overflows"));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Submit {
+            address,
+            kind,
+            deadline: self.deadline(),
+            reply,
+        })?;
+        Ok(rx)
+    }
+
+    /// Reads `buf.len()` bytes at `address`.
+    ///
+    /// # Errors
+    /// [`Error::Denied`], [`Error::Timeout`], [`Error::PeerClosed`], [`Error::LinkFailed`]…;
+    /// `buf` is untouched on error.
+    ///
+    /// # Panics
+    /// When called from inside an async runtime (use [`read_async`](Self::read_async)).
+    pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let rx = self.submit(address, Kind::Read { len: buf.len() })?;
+        match rx.blocking_recv().map_err(|_| Error::Shutdown)?? {
+            Reply::Read(data) => {
+                buf.copy_from_slice(&data);
+                Ok(())
+            }
+            _ => Err(Error::Protocol("reply kind")),
+        }
+    }
+
+    /// Writes `data` at `address`.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read). After [`Error::Timeout`] part of the data may be written.
+    pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Error> {
+        let rx = self.submit(
+            address,
+            Kind::Write {
+                data: data.to_vec(),
+            },
+        )?;
+        rx.blocking_recv().map_err(|_| Error::Shutdown)?.map(|_| ())
+    }
+
+    /// Applies an atomic operation to the `width`-byte little-endian integer at `address`
+    /// and returns its previous value.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read), and [`Error::InvalidRequest`] for a width other than 1, 2, 4
+    /// or 8 or an address not aligned to it.
+    pub fn atomic(
+        &self,
+        address: u64,
+        op: AtomicOp,
+        width: u8,
+        operand: u64,
+    ) -> Result<u64, Error> {
+        let rx = self.submit(address, Kind::Atomic { op, width, operand })?;
+        match rx.blocking_recv().map_err(|_| Error::Shutdown)?? {
+            Reply::Atomic(v) => Ok(v),
+            _ => Err(Error::Protocol("reply kind")),
+        }
+    }
+
+    /// Adds `v` to the u64 at `address`; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_add(&self, address: u64, v: u64) -> Result<u64, Error> {
+        self.atomic(address, AtomicOp::Add, 8, v)
+    }
+
+    /// Stores `v` in the u64 at `address`; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn swap(&self, address: u64, v: u64) -> Result<u64, Error> {
+        self.atomic(address, AtomicOp::Swap, 8, v)
+    }
+
+    /// Stores the signed minimum of the i64 at `address` and `v`; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_min(&self, address: u64, v: i64) -> Result<i64, Error> {
+        self.atomic(address, AtomicOp::Min, 8, v as u64)
+            .map(|x| x as i64)
+    }
+
+    /// Stores the signed maximum; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_max(&self, address: u64, v: i64) -> Result<i64, Error> {
+        self.atomic(address, AtomicOp::Max, 8, v as u64)
+            .map(|x| x as i64)
+    }
+
+    /// Bitwise AND; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_and(&self, address: u64, v: u64) -> Result<u64, Error> {
+        self.atomic(address, AtomicOp::And, 8, v)
+    }
+
+    /// Bitwise OR; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_or(&self, address: u64, v: u64) -> Result<u64, Error> {
+        self.atomic(address, AtomicOp::Or, 8, v)
+    }
+
+    /// Bitwise XOR; returns the previous value.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub fn fetch_xor(&self, address: u64, v: u64) -> Result<u64, Error> {
+        self.atomic(address, AtomicOp::Xor, 8, v)
+    }
+
+    /// Reads `buf.len()` bytes at `address`, asynchronously. Dropping the future cancels the
+    /// wait; the request still completes or times out inside the engine, and `buf` is only
+    /// written once the whole read has arrived.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub async fn read_async(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let rx = self.submit(address, Kind::Read { len: buf.len() })?;
+        match rx.await.map_err(|_| Error::Shutdown)?? {
+            Reply::Read(data) => {
+                buf.copy_from_slice(&data);
+                Ok(())
+            }
+            _ => Err(Error::Protocol("reply kind")),
+        }
+    }
+
+    /// Writes `data` at `address`, asynchronously.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub async fn write_async(&self, address: u64, data: &[u8]) -> Result<(), Error> {
+        let rx = self.submit(
+            address,
+            Kind::Write {
+                data: data.to_vec(),
+            },
+        )?;
+        rx.await.map_err(|_| Error::Shutdown)?.map(|_| ())
+    }
+
+    /// An atomic operation, asynchronously.
+    ///
+    /// # Errors
+    /// As [`atomic`](Self::atomic).
+    pub async fn atomic_async(
+        &self,
+        address: u64,
+        op: AtomicOp,
+        width: u8,
+        operand: u64,
+    ) -> Result<u64, Error> {
+        let rx = self.submit(address, Kind::Atomic { op, width, operand })?;
+        match rx.await.map_err(|_| Error::Shutdown)?? {
+            Reply::Atomic(v) => Ok(v),
+            _ => Err(Error::Protocol("reply kind")),
+        }
+    }
+
+    /// Starts a batch of requests that are all in flight together.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            endpoint: self,
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// The result of one operation of a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    Read(Vec<u8>),
+    Write,
+    Atomic(u64),
+}
+
+/// Many reads, writes and atomics submitted together and completed together.
+#[derive(Debug)]
+pub struct Batch<'e> {
+    endpoint: &'e Endpoint,
+    ops: Vec<(u64, Kind)>,
+}
+
+impl Batch<'_> {
+    /// Adds a read of `len` bytes at `address`.
+    pub fn read(&mut self, address: u64, len: usize) -> &mut Self {
+        self.ops.push((address, Kind::Read { len }));
+        self
+    }
+
+    /// Adds a write.
+    pub fn write(&mut self, address: u64, data: &[u8]) -> &mut Self {
+        self.ops.push((
+            address,
+            Kind::Write {
+                data: data.to_vec(),
+            },
+        ));
+        self
+    }
+
+    /// Adds an atomic operation.
+    pub fn atomic(&mut self, address: u64, op: AtomicOp, width: u8, operand: u64) -> &mut Self {
+        self.ops
+            .push((address, Kind::Atomic { op, width, operand }));
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn submit_all(&mut self) -> Vec<Result<oneshot::Receiver<Result<Reply, Error>>, Error>> {
+        self.ops
+            .drain(..)
+            .map(|(a, k)| self.endpoint.submit(a, k))
+            .collect()
+    }
+
+    /// Submits everything and waits for all of it; one result per operation, in order.
+    pub fn run(&mut self) -> Vec<Result<Completed, Error>> {
+        self.submit_all()
+            .into_iter()
+            .map(|rx| convert(rx?.blocking_recv().map_err(|_| Error::Shutdown)?))
+            .collect()
+    }
+
+    /// As [`run`](Self::run), asynchronously.
+    pub async fn run_async(&mut self) -> Vec<Result<Completed, Error>> {
+        let mut out = Vec::with_capacity(self.ops.len());
+        for rx in self.submit_all() {
+            out.push(match rx {
+                Ok(rx) => match rx.await {
+                    Ok(r) => convert(r),
+                    Err(_) => Err(Error::Shutdown),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+}
+
+fn convert(r: Result<Reply, Error>) -> Result<Completed, Error> {
+    Ok(match r? {
+        Reply::Read(v) => Completed::Read(v),
+        Reply::Write => Completed::Write,
+        Reply::Atomic(v) => Completed::Atomic(v),
+    })
+}
