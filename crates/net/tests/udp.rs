@@ -166,7 +166,7 @@ fn oversized_datagrams_are_skipped_not_truncated() {
     let mut b = loopback();
     let to = b.local_addr();
     let big = vec![1u8; 600];
-    let small = vec![2u8; 100];
+    let small = [2u8; 100];
     let frames = [
         (to, &big[..]),
         (to, &small[..]),
