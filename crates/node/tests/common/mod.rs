@@ -61,7 +61,9 @@ pub fn run(exec: &mut Executor<Peer>, peer: &Peer, request: &Message<'_>) -> Opt
     exec.execute(peer, request, &mut |msg: Message<'_>| {
         assert!(out.is_none(), "one response per request");
         let mut buf = vec![0u8; msg.buffer_len()];
-        let n = msg.emit(&mut buf, ByteOrder::Spec).expect("response encodes");
+        let n = msg
+            .emit(&mut buf, ByteOrder::Spec)
+            .expect("response encodes");
         let parsed = Message::parse(&buf[..n], ByteOrder::Spec).expect("response parses");
         assert_eq!(parsed, msg, "response survives the wire");
         out = Some(Reply {
@@ -104,7 +106,11 @@ pub fn read(exec: &mut Executor<Peer>, peer: &Peer, address: u64, size: u8) -> V
 /// The beat of a sub-8-byte message carrying `bytes` in the lanes of `address`.
 pub fn beat(address: u64, bytes: &[u8]) -> Vec<u8> {
     let mut v = vec![0u8; 8.max(bytes.len())];
-    let lane = if bytes.len() < 8 { (address % 8) as usize } else { 0 };
+    let lane = if bytes.len() < 8 {
+        (address % 8) as usize
+    } else {
+        0
+    };
     v[lane..lane + bytes.len()].copy_from_slice(bytes);
     v
 }
