@@ -1,7 +1,10 @@
 //! The `oxmem` command. Thin: it parses arguments and hands the work to its modules.
 
 mod capture;
+mod client_args;
 mod decode;
+mod node;
+mod rw;
 
 use std::fs::File;
 use std::io::{self, BufReader, Write};
@@ -9,18 +12,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use oxmem_wire::ByteOrder;
+use clap::{Args, Parser, Subcommand};
 
 use crate::capture::CaptureReader;
+use crate::client_args::Order;
 use crate::decode::{Options, RunError};
 
 /// Memory pooling over Ethernet with OmniXtend.
 #[derive(Debug, Parser)]
 #[command(name = "oxmem", version)]
 #[command(after_help = "\
-Only `decode` exists so far. The memory node, the coordinator and the benchmarks \
-(node, coord, up, status, bench, demo) come later.")]
+The coordinator, the pool and the LLM demo (coord, up, status, demo) come later.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +36,12 @@ enum Command {
     /// Frames of other EtherTypes and malformed frames are shown with the reason, never
     /// skipped. Exits with 0 once the file is read, however malformed its frames.
     Decode(DecodeArgs),
+    /// Run a memory node: export DRAM to OmniXtend hosts over UDP or raw Ethernet.
+    Node(node::NodeArgs),
+    /// Read bytes from a node and print them in hex.
+    Read(rw::ReadArgs),
+    /// Write bytes (given in hex) to a node; prints `ok`.
+    Write(rw::WriteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,21 +61,6 @@ struct DecodeArgs {
     /// Hex-dump message data, in memory order.
     #[arg(long)]
     data: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Order {
-    Spec,
-    Memory,
-}
-
-impl From<Order> for ByteOrder {
-    fn from(o: Order) -> Self {
-        match o {
-            Order::Spec => ByteOrder::Spec,
-            Order::Memory => ByteOrder::Memory,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -91,6 +84,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Decode(args) => decode_command(args),
+        Command::Node(args) => node::run(args),
+        Command::Read(args) => rw::read(args),
+        Command::Write(args) => rw::write(args),
     }
 }
 

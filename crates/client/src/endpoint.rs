@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use oxmem_link::{HeaderVariant, Instant};
 use oxmem_net::engine::{Engine, EngineConfig, EngineStats, PeerSettings};
+use oxmem_net::ethernet::EthernetTransport;
+use oxmem_net::fault::{FaultConfig, FaultInjector};
+use oxmem_net::udp::{UdpConfig, UdpTransport};
 use oxmem_net::{PeerAddr, Transport};
 use oxmem_wire::ByteOrder;
 use tokio::sync::oneshot;
 
 use crate::ClientStats;
+use crate::Target;
 use crate::error::Error;
 use crate::handler::{AtomicOp, ClientHandler, Command, HandlerConfig, Kind, Reply};
 
@@ -36,6 +40,10 @@ pub struct EndpointOptions {
     pub byte_order: ByteOrder,
     /// Receive buffer per channel in flits: how many response flits may be in flight.
     pub rx_buffer_flits: u32,
+    /// UDP socket settings (largest datagram, socket buffers) for `udp://` targets.
+    pub udp: UdpConfig,
+    /// Faults to inject into this endpoint's traffic (tests, chaos runs).
+    pub faults: Option<FaultConfig>,
 }
 
 impl Default for EndpointOptions {
@@ -50,6 +58,8 @@ impl Default for EndpointOptions {
             max_message: None,
             byte_order: ByteOrder::Spec,
             rx_buffer_flits: 1 << 17,
+            udp: UdpConfig::default(),
+            faults: None,
         }
     }
 }
@@ -84,6 +94,40 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Connects to the node at `target` over UDP (from an ephemeral port) or raw Ethernet.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the socket cannot be opened (raw Ethernet needs root or
+    /// CAP_NET_RAW), [`Error::Timeout`] when the node does not answer.
+    pub fn connect(target: &Target, options: EndpointOptions) -> Result<Endpoint, Error> {
+        match target {
+            Target::Udp(addr) => {
+                let any: std::net::SocketAddr = if addr.is_ipv6() {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let transport = UdpTransport::bind_with(any, options.udp)?;
+                Self::with_faults(transport, PeerAddr::Udp(*addr), options)
+            }
+            Target::Ethernet { interface, peer } => {
+                let transport = EthernetTransport::open(interface)?;
+                Self::with_faults(transport, PeerAddr::Ethernet(*peer), options)
+            }
+        }
+    }
+
+    fn with_faults<T: Transport>(
+        transport: T,
+        peer: PeerAddr,
+        options: EndpointOptions,
+    ) -> Result<Endpoint, Error> {
+        match options.faults.clone() {
+            Some(f) => Self::with_transport(FaultInjector::new(transport, f), peer, options),
+            None => Self::with_transport(transport, peer, options),
+        }
+    }
+
     /// Connects to the node at `peer` through `transport`.
     ///
     /// # Errors

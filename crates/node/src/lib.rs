@@ -19,8 +19,10 @@ pub mod error;
 pub mod executor;
 pub mod fuzz;
 pub mod grant;
+pub mod server;
 
 pub use arena::{Arena, ArenaOptions, Backing, PageKind};
 pub use error::{Error, Result};
 pub use executor::{Counters, DeniedCounters, DenyReason, Executor, OpCounters};
 pub use grant::{Access, Grant, GrantId, GrantTable, PeerMatch, Window, parse_size};
+pub use server::{NodeHandler, NodeServer, SharedExecutor};

@@ -1,0 +1,302 @@
+//! `oxmem node`: a memory expansion node.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use oxmem_net::engine::{EngineConfig, PeerSettings};
+use oxmem_net::ethernet::EthernetTransport;
+use oxmem_net::fault::{FaultConfig, FaultInjector};
+use oxmem_net::udp::{UdpConfig, UdpTransport};
+use oxmem_net::{EthernetAddress, PeerAddr, Transport};
+use oxmem_node::{
+    Access, Arena, ArenaOptions, Executor, Grant, NodeServer, PageKind, Window, parse_size,
+};
+
+use crate::client_args::Order;
+
+/// Where the node listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Udp(SocketAddr),
+    Ethernet(String),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(addr) = s.strip_prefix("udp://") {
+            let addr = addr
+                .parse()
+                .map_err(|e| format!("{s}: {e} (expected udp://IP:PORT)"))?;
+            return Ok(Listen::Udp(addr));
+        }
+        if let Some(iface) = s.strip_prefix("eth://") {
+            if iface.is_empty() || iface.contains('/') {
+                return Err(format!("{s}: expected eth://IFACE"));
+            }
+            return Ok(Listen::Ethernet(iface.to_string()));
+        }
+        Err(format!("{s}: expected udp://IP:PORT or eth://IFACE"))
+    }
+}
+
+/// A peer on the command line: `udp://IP:PORT` or a MAC address.
+fn parse_peer(s: &str) -> Result<PeerAddr, String> {
+    if let Some(addr) = s.strip_prefix("udp://") {
+        return addr
+            .parse()
+            .map(PeerAddr::Udp)
+            .map_err(|e| format!("{s}: {e}"));
+    }
+    EthernetAddress::parse(s)
+        .map(PeerAddr::Ethernet)
+        .ok_or_else(|| format!("{s}: expected udp://IP:PORT or a MAC address"))
+}
+
+/// `PEER=BASE:LEN[:ro|:rw]`.
+#[derive(Debug, Clone)]
+pub struct GrantArg {
+    peer: PeerAddr,
+    window: Window,
+    access: Access,
+}
+
+impl FromStr for GrantArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (peer, range) = s
+            .rsplit_once('=')
+            .ok_or("expected PEER=BASE:LEN[:ro|:rw]")?;
+        let (range, access) = match range.rsplit_once(':') {
+            Some((r, "ro")) => (r, Access::Read),
+            Some((r, "rw")) => (r, Access::ReadWrite),
+            _ => (range, Access::ReadWrite),
+        };
+        let window = Window::from_str(range).map_err(|e| e.to_string())?;
+        Ok(GrantArg {
+            peer: parse_peer(peer)?,
+            window,
+            access,
+        })
+    }
+}
+
+/// `PEER=VALUE` for per-peer settings.
+#[derive(Debug, Clone)]
+pub struct PeerValue<T> {
+    peer: PeerAddr,
+    value: T,
+}
+
+fn parse_peer_value<T: FromStr>(s: &str) -> Result<PeerValue<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let (peer, value) = s.rsplit_once('=').ok_or("expected PEER=VALUE")?;
+    Ok(PeerValue {
+        peer: parse_peer(peer)?,
+        value: value.parse().map_err(|e: T::Err| e.to_string())?,
+    })
+}
+
+fn parse_order(s: &str) -> Result<PeerValue<String>, String> {
+    let pv = parse_peer_value::<String>(s)?;
+    match pv.value.as_str() {
+        "spec" | "memory" => Ok(pv),
+        other => Err(format!("{other}: expected spec or memory")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Where to serve: udp://IP:PORT (default port 7447) or eth://IFACE. Repeat for several.
+    #[arg(long, required = true)]
+    pub listen: Vec<Listen>,
+    /// Memory to export, e.g. 8GiB.
+    #[arg(long, value_parser = |s: &str| parse_size(s).map_err(|e| e.to_string()))]
+    pub capacity: u64,
+    /// Let any OmniXtend host read and write BASE:LEN, like a plain OmniXtend memory device.
+    #[arg(long)]
+    pub open_window: Vec<Window>,
+    /// Let one peer use a range: PEER=BASE:LEN[:ro|:rw], PEER being udp://IP:PORT or a MAC.
+    #[arg(long)]
+    pub grant: Vec<GrantArg>,
+    /// Try explicit huge pages (falls back to transparent huge pages).
+    #[arg(long)]
+    pub huge_pages: bool,
+    /// Lock the memory so it is never swapped out.
+    #[arg(long)]
+    pub mlock: bool,
+    /// Largest UDP datagram to send and receive.
+    #[arg(long, default_value_t = 8192)]
+    pub max_datagram: usize,
+    /// Largest frame to send to one peer: PEER=BYTES (ETRI's endpoint takes about 528).
+    #[arg(long, value_parser = parse_peer_value::<usize>)]
+    pub peer_max_frame: Vec<PeerValue<usize>>,
+    /// Data byte order of one peer: PEER=spec|memory (Western Digital's library: memory).
+    #[arg(long, value_parser = parse_order)]
+    pub peer_byte_order: Vec<PeerValue<String>>,
+    /// Default data byte order for peers.
+    #[arg(long, value_enum, default_value_t = Order::Spec)]
+    pub byte_order: Order,
+    /// Inject faults into everything the node sends, e.g. `loss=0.05,seed=1`.
+    #[arg(long)]
+    pub faults: Option<FaultConfig>,
+    /// Print counters this often (0 = never).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub stats_every: Duration,
+    /// Stop after this long (for scripts; default: run until interrupted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub run_for: Option<Duration>,
+}
+
+fn spawn<T: Transport>(
+    server: &mut NodeServer,
+    transport: T,
+    faults: &Option<FaultConfig>,
+    config: EngineConfig,
+) -> std::io::Result<PeerAddr> {
+    match faults {
+        Some(f) => server.serve(FaultInjector::new(transport, f.clone()), config),
+        None => server.serve(transport, config),
+    }
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let arena = Arena::with_options(
+        args.capacity,
+        ArenaOptions {
+            huge_pages: args.huge_pages,
+            lock: args.mlock,
+        },
+    )
+    .context("cannot map the arena")?;
+    let backing = arena.backing();
+    let mut exec: Executor<PeerAddr> = Executor::new(arena);
+    for w in &args.open_window {
+        exec.grants_mut()
+            .add(Grant::any(*w, Access::ReadWrite))
+            .with_context(|| format!("open window {w}"))?;
+    }
+    for g in &args.grant {
+        exec.grants_mut()
+            .add(Grant::peer(g.peer, g.window, g.access))
+            .with_context(|| format!("grant {} to {}", g.window, g.peer))?;
+    }
+    if exec.grants().is_empty() {
+        eprintln!("oxmem node: no --open-window or --grant: every access will be denied");
+    }
+
+    let mut config = EngineConfig::default();
+    config.link.byte_order = args.byte_order.into();
+    for p in &args.peer_max_frame {
+        config
+            .peers
+            .entry(p.peer)
+            .or_insert_with(PeerSettings::default)
+            .max_frame = Some(p.value);
+    }
+    for p in &args.peer_byte_order {
+        let order = if p.value == "memory" {
+            Order::Memory
+        } else {
+            Order::Spec
+        };
+        config
+            .peers
+            .entry(p.peer)
+            .or_insert_with(PeerSettings::default)
+            .byte_order = Some(order.into());
+    }
+
+    let mut server = NodeServer::new(exec);
+    for l in &args.listen {
+        let local = match l {
+            Listen::Udp(addr) => {
+                let udp = UdpConfig {
+                    max_datagram: args.max_datagram,
+                    ..UdpConfig::default()
+                };
+                let t = UdpTransport::bind_with(*addr, udp)
+                    .with_context(|| format!("cannot bind udp://{addr}"))?;
+                spawn(&mut server, t, &args.faults, config.clone())?
+            }
+            Listen::Ethernet(iface) => {
+                let t = EthernetTransport::open(iface)
+                    .with_context(|| format!("cannot open eth://{iface}"))?;
+                spawn(&mut server, t, &args.faults, config.clone())?
+            }
+        };
+        match local {
+            PeerAddr::Udp(a) => println!("oxmem node: listening on udp://{a}"),
+            PeerAddr::Ethernet(m) => println!("oxmem node: listening on raw Ethernet, MAC {m}"),
+        }
+    }
+    let pages = match backing.pages {
+        PageKind::HugePages { page_size } => {
+            format!("explicit huge pages of {} KiB", page_size / 1024)
+        }
+        PageKind::TransparentHugePages => {
+            "ordinary pages with transparent-huge-page advice".to_string()
+        }
+        PageKind::Normal => "ordinary pages".to_string(),
+    };
+    println!(
+        "oxmem node: {} bytes of memory on {pages}{}",
+        args.capacity,
+        if backing.locked { ", locked" } else { "" }
+    );
+    {
+        let exec = server.executor().lock().unwrap_or_else(|p| p.into_inner());
+        for (_, g) in exec.grants().iter() {
+            println!(
+                "oxmem node: grant {:?} {:#x}+{:#x} {:?}",
+                g.peer, g.base, g.len, g.access
+            );
+        }
+    }
+
+    let start = std::time::Instant::now();
+    loop {
+        let nap = if args.stats_every.is_zero() {
+            Duration::from_millis(200)
+        } else {
+            args.stats_every
+        };
+        std::thread::sleep(nap);
+        if !args.stats_every.is_zero() {
+            print_stats(&server);
+        }
+        if args.run_for.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    print_stats(&server);
+    server.shutdown().context("engine stopped with an error")?;
+    Ok(())
+}
+
+fn print_stats(server: &NodeServer) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let exec = server.executor().lock().unwrap_or_else(|p| p.into_inner());
+    let c = exec.counters();
+    let (mut rx, mut tx, mut refused) = (0, 0, 0);
+    for e in server.engines() {
+        rx += e.stats().frames_received.load(Relaxed);
+        tx += e.stats().frames_sent.load(Relaxed);
+        refused += e.stats().frames_refused.load(Relaxed);
+    }
+    println!(
+        "oxmem node: requests {} read {} B written {} B denied {} unsupported {} frames in {rx} out {tx} refused {refused}",
+        c.requests.total(),
+        c.bytes_read,
+        c.bytes_written,
+        c.denied.total(),
+        c.unsupported
+    );
+}
