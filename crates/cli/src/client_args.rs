@@ -86,7 +86,7 @@ impl ClientArgs {
             partial_writes: !self.no_partial_writes,
             max_frame: self.max_frame,
             byte_order: self.byte_order.into(),
-            faults: self.faults.clone(),
+            faults: self.faults,
             ..EndpointOptions::default()
         };
         o.udp.max_datagram = self.max_datagram;

@@ -162,7 +162,7 @@ fn spawn<T: Transport>(
     config: EngineConfig,
 ) -> std::io::Result<PeerAddr> {
     match faults {
-        Some(f) => server.serve(FaultInjector::new(transport, f.clone()), config),
+        Some(f) => server.serve(FaultInjector::new(transport, *f), config),
         None => server.serve(transport, config),
     }
 }

@@ -122,7 +122,7 @@ impl Endpoint {
         peer: PeerAddr,
         options: EndpointOptions,
     ) -> Result<Endpoint, Error> {
-        match options.faults.clone() {
+        match options.faults {
             Some(f) => Self::with_transport(FaultInjector::new(transport, f), peer, options),
             None => Self::with_transport(transport, peer, options),
         }

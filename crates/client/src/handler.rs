@@ -417,8 +417,8 @@ impl ClientHandler {
                     }
                     Kind::Atomic { width, .. } => {
                         let mut v = [0u8; 8];
-                        for k in 0..usize::from(*width) {
-                            v[k] = data.byte(piece.skip + k);
+                        for (k, b) in v.iter_mut().enumerate().take(usize::from(*width)) {
+                            *b = data.byte(piece.skip + k);
                         }
                         p.old_value = u64::from_le_bytes(v);
                     }

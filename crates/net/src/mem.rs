@@ -13,10 +13,12 @@ use oxmem_link::Integrity;
 
 use crate::{LinkParams, PeerAddr, RecvBatch, Transport, Waker};
 
+/// Frames waiting for one endpoint (sender, bytes), and the waker of the engine that owns it.
+type Inbox = (VecDeque<(PeerAddr, Vec<u8>)>, Option<Waker>);
+
 #[derive(Debug, Default)]
 struct Hub {
-    /// Frames waiting for each endpoint, and the waker of the engine that owns it.
-    inboxes: HashMap<PeerAddr, (VecDeque<(PeerAddr, Vec<u8>)>, Option<Waker>)>,
+    inboxes: HashMap<PeerAddr, Inbox>,
 }
 
 /// A network of [`MemTransport`]s. Frames to an address nobody holds are dropped.
