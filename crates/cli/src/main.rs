@@ -1,5 +1,6 @@
 //! The `oxmem` command. Thin: it parses arguments and hands the work to its modules.
 
+mod bench;
 mod capture;
 mod client_args;
 mod decode;
@@ -42,6 +43,8 @@ enum Command {
     Read(rw::ReadArgs),
     /// Write bytes (given in hex) to a node; prints `ok`.
     Write(rw::WriteArgs),
+    /// Measure latency, bandwidth and atomics against a node, with baselines.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => node::run(args),
         Command::Read(args) => rw::read(args),
         Command::Write(args) => rw::write(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -412,12 +412,80 @@ impl Endpoint {
         }
     }
 
+    /// Starts a read and returns at once; [`Ticket::wait`] gives its data. For callers that
+    /// keep many requests in flight from one thread (benchmarks, pipelines).
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] or [`Error::Shutdown`] when the request cannot start.
+    pub fn start_read(&self, address: u64, len: usize) -> Result<Ticket, Error> {
+        self.submit(address, Kind::Read { len }).map(Ticket)
+    }
+
+    /// Starts a write and returns at once.
+    ///
+    /// # Errors
+    /// As [`start_read`](Self::start_read).
+    pub fn start_write(&self, address: u64, data: &[u8]) -> Result<Ticket, Error> {
+        self.submit(
+            address,
+            Kind::Write {
+                data: data.to_vec(),
+            },
+        )
+        .map(Ticket)
+    }
+
+    /// Starts an atomic operation and returns at once.
+    ///
+    /// # Errors
+    /// As [`start_read`](Self::start_read).
+    pub fn start_atomic(
+        &self,
+        address: u64,
+        op: AtomicOp,
+        width: u8,
+        operand: u64,
+    ) -> Result<Ticket, Error> {
+        self.submit(address, Kind::Atomic { op, width, operand })
+            .map(Ticket)
+    }
+
     /// Starts a batch of requests that are all in flight together.
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             endpoint: self,
             ops: Vec::new(),
         }
+    }
+}
+
+/// A request in flight, started with [`Endpoint::start_read`] and friends.
+#[derive(Debug)]
+pub struct Ticket(oneshot::Receiver<Result<Reply, Error>>);
+
+impl Ticket {
+    /// Blocks until the request completes.
+    ///
+    /// # Errors
+    /// The request's error.
+    ///
+    /// # Panics
+    /// When called from inside an async runtime (await the ticket instead).
+    pub fn wait(self) -> Result<Completed, Error> {
+        convert(self.0.blocking_recv().map_err(|_| Error::Shutdown)?)
+    }
+}
+
+impl std::future::Future for Ticket {
+    type Output = Result<Completed, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| convert(r.map_err(|_| Error::Shutdown)?))
     }
 }
 

@@ -16,7 +16,7 @@ mod handler;
 pub mod split;
 pub mod target;
 
-pub use endpoint::{Batch, Completed, Endpoint, EndpointOptions};
+pub use endpoint::{Batch, Completed, Endpoint, EndpointOptions, Ticket};
 pub use error::Error;
 pub use handler::AtomicOp;
 pub use target::{Target, TargetError};

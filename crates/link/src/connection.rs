@@ -344,6 +344,13 @@ impl Connection {
         self.send_queues.iter().map(VecDeque::len).sum()
     }
 
+    /// Bytes [`send`](Self::send) will still take before it refuses with `QueueFull`.
+    pub fn send_queue_room(&self) -> usize {
+        self.config
+            .send_queue_bytes
+            .saturating_sub(self.queued_bytes)
+    }
+
     /// Nothing queued, nothing unacknowledged, no events pending.
     pub fn is_idle(&self) -> bool {
         self.queued_bytes == 0 && self.content_unacked == 0 && self.events.is_empty()

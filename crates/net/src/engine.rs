@@ -129,6 +129,14 @@ impl Outbox<'_> {
         }
     }
 
+    /// Bytes of messages the connection to `peer` will still queue (0 without a connection).
+    pub fn room(&self, peer: &PeerAddr) -> usize {
+        self.conns
+            .map
+            .get(peer)
+            .map_or(0, Connection::send_queue_room)
+    }
+
     /// Opens a connection to `peer` (if there is none) in the given header variant.
     pub fn connect(&mut self, peer: PeerAddr, variant: HeaderVariant) {
         let now = self.now;

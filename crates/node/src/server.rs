@@ -2,11 +2,13 @@
 //! a peer sends and answers it, and [`NodeServer`], which runs one engine per transport over a
 //! shared executor.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use oxmem_link::Instant;
 use oxmem_net::engine::{Engine, EngineConfig, Handler, Outbox};
 use oxmem_net::{PeerAddr, Transport};
-use oxmem_wire::Message;
+use oxmem_wire::{ByteOrder, FLIT, Message, Op, data_beats};
 
 use crate::executor::Executor;
 
@@ -14,10 +16,18 @@ use crate::executor::Executor;
 pub type SharedExecutor = Arc<Mutex<Executor<PeerAddr>>>;
 
 /// Runs on an engine thread: executes each request and queues the answer to its peer.
+///
+/// A request is executed only when the link to its peer has room for the answer; otherwise it
+/// waits, in order, with the peer's later requests behind it, and runs once frames have left.
+/// So no answer is ever dropped for lack of queue space, and a write is never applied without
+/// its acknowledgement being queued.
 #[derive(Debug)]
 pub struct NodeHandler {
     executor: SharedExecutor,
-    /// Answers the link refused (a reply larger than the peer's frames, say).
+    /// Requests waiting for queue room, per peer, as encoded messages.
+    backlog: HashMap<PeerAddr, VecDeque<Vec<u8>>>,
+    /// Answers the link refused although there was room (a reply larger than the peer's
+    /// frames, say).
     unsent: u64,
 }
 
@@ -26,9 +36,36 @@ impl NodeHandler {
     pub fn new(executor: SharedExecutor) -> Self {
         NodeHandler {
             executor,
+            backlog: HashMap::new(),
             unsent: 0,
         }
     }
+
+    /// Requests waiting for room to answer them.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.values().map(VecDeque::len).sum()
+    }
+
+    fn run(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
+        let mut exec = lock(&self.executor);
+        let unsent = &mut self.unsent;
+        exec.execute(&peer, msg, &mut |reply| {
+            if out.send(peer, &reply).is_err() {
+                *unsent += 1;
+            }
+        });
+    }
+}
+
+/// Bytes the answer to `msg` takes in the link's queue, at most.
+fn answer_len(msg: &Message<'_>) -> usize {
+    let data = match msg.op {
+        Op::Get | Op::ArithmeticData | Op::LogicalData | Op::AcquireBlock => {
+            data_beats(msg.size.min(15)) * FLIT
+        }
+        _ => 0,
+    };
+    2 * FLIT + data
 }
 
 fn lock(executor: &SharedExecutor) -> MutexGuard<'_, Executor<PeerAddr>> {
@@ -41,13 +78,41 @@ fn lock(executor: &SharedExecutor) -> MutexGuard<'_, Executor<PeerAddr>> {
 
 impl Handler for NodeHandler {
     fn on_message(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
-        let mut exec = lock(&self.executor);
-        let unsent = &mut self.unsent;
-        exec.execute(&peer, msg, &mut |reply| {
-            if out.send(peer, &reply).is_err() {
-                *unsent += 1;
+        let waiting = self.backlog.get(&peer).is_some_and(|q| !q.is_empty());
+        if !waiting && out.room(&peer) >= answer_len(msg) {
+            self.run(peer, msg, out);
+            return;
+        }
+        // Keep it, in order, for when frames have left. Encoded in memory order, so it reads
+        // back the same whatever the peer's byte order.
+        let mut bytes = vec![0u8; msg.buffer_len()];
+        if msg.emit(&mut bytes, ByteOrder::Memory).is_ok() {
+            self.backlog.entry(peer).or_default().push_back(bytes);
+        }
+    }
+
+    fn poll(&mut self, _now: Instant, out: &mut Outbox<'_>) -> Option<Instant> {
+        let peers: Vec<PeerAddr> = self.backlog.keys().copied().collect();
+        for peer in peers {
+            while let Some(bytes) = self.backlog.get_mut(&peer).and_then(VecDeque::pop_front) {
+                let Ok(msg) = Message::parse(&bytes, ByteOrder::Memory) else {
+                    continue;
+                };
+                if out.connection(&peer).is_none() {
+                    continue; // the peer is gone: drop what it asked
+                }
+                if out.room(&peer) < answer_len(&msg) {
+                    self.backlog
+                        .get_mut(&peer)
+                        .expect("present")
+                        .push_front(bytes);
+                    break;
+                }
+                self.run(peer, &msg, out);
             }
-        });
+        }
+        self.backlog.retain(|_, q| !q.is_empty());
+        None
     }
 }
 
