@@ -317,6 +317,8 @@ impl Runner {
         let mut out_meta: Vec<(PeerAddr, usize)> = Vec::with_capacity(self.config.batch);
         let mut events: Vec<(PeerAddr, Event)> = Vec::new();
         let mut idle_since: Option<std::time::Instant> = None;
+        self.waker.disarm();
+        let mut armed = false;
         let mut handler_due: Option<Instant>;
 
         while !self.stop.load(Ordering::Acquire) {
@@ -413,14 +415,25 @@ impl Runner {
                 .map
                 .retain(|_, c| !matches!(c.state(), State::Closed | State::Failed));
 
-            // 5. Idle: spin briefly, then block until a frame, a timer or a wake.
+            // 5. Idle: spin briefly, then block until a frame, a timer or a wake. Other threads
+            // wake us with a syscall only while the waker is armed; so arm it, take one more
+            // full turn (work queued before the arm is found there), and only then block.
             if busy {
                 idle_since = None;
+                if armed {
+                    self.waker.disarm();
+                    armed = false;
+                }
                 continue;
             }
             let since = *idle_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() < self.config.spin {
                 std::hint::spin_loop();
+                continue;
+            }
+            if !armed {
+                self.waker.arm();
+                armed = true;
                 continue;
             }
             let timeout = next_timer.map(|t| t.saturating_duration_since(self.now()));
@@ -429,6 +442,8 @@ impl Runner {
             }
             self.stats.sleeps.fetch_add(1, Ordering::Relaxed);
             transport.wait(&self.waker, timeout)?;
+            self.waker.disarm();
+            armed = false;
             idle_since = None;
         }
         Ok(())

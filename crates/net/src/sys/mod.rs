@@ -7,12 +7,16 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Wakes a thread blocked in a transport's `wait` (an eventfd). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Waker {
     fd: Arc<OwnedFd>,
+    /// Set while the owner is about to block or blocked: only then does `wake` need the
+    /// syscall. A spinning owner finds new work by itself.
+    armed: Arc<AtomicBool>,
 }
 
 impl Waker {
@@ -29,17 +33,34 @@ impl Waker {
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         Ok(Waker {
             fd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            armed: Arc::new(AtomicBool::new(true)),
         })
     }
 
-    /// Wakes the waiting thread (or makes its next wait return at once).
+    /// Wakes the waiting thread (or makes its next wait return at once). Costs a syscall only
+    /// when the owner has [armed](Self::arm) the waker, that is, when it may block.
     pub fn wake(&self) {
+        if !self.armed.load(Ordering::SeqCst) {
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd. A full counter (EAGAIN)
         // still leaves the fd readable, which is all a wake needs, so the result is ignored.
         unsafe {
             libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8);
         }
+    }
+
+    /// The owner is about to block: from now on `wake` must reach it. After arming, the
+    /// owner must look for work once more before it blocks (work queued just before the arm
+    /// did not wake it).
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// The owner is running again and will find new work without being woken.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
     }
 
     /// Clears pending wakes.
