@@ -45,6 +45,9 @@ enum Command {
     Write(rw::WriteArgs),
     /// Measure latency, bandwidth and atomics against a node, with baselines.
     Bench(bench::BenchArgs),
+    /// A UDP echo for the bench's ping-pong baseline on another host.
+    #[command(hide = true)]
+    BenchEcho(bench::baselines::EchoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => rw::read(args),
         Command::Write(args) => rw::write(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchEcho(args) => bench::baselines::run_echo(&args),
     }
 }
 

@@ -150,6 +150,9 @@ pub struct NodeArgs {
     /// Print counters this often (0 = never).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub stats_every: Duration,
+    /// Serve Prometheus metrics on this address (http://ADDR/metrics).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
     /// Stop after this long (for scripts; default: run until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub run_for: Option<Duration>,
@@ -261,6 +264,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        describe_metrics();
+        println!("oxmem node: metrics on http://{addr}/metrics");
+    }
+
     let start = std::time::Instant::now();
     loop {
         let nap = if args.stats_every.is_zero() {
@@ -272,6 +284,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         if !args.stats_every.is_zero() {
             print_stats(&server);
         }
+        if args.metrics.is_some() {
+            publish_metrics(&server);
+        }
         if args.run_for.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
@@ -279,6 +294,103 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     print_stats(&server);
     server.shutdown().context("engine stopped with an error")?;
     Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        "oxmem_node_requests_total",
+        "TileLink requests executed, by operation"
+    );
+    describe_counter!(
+        "oxmem_node_read_bytes_total",
+        Unit::Bytes,
+        "Bytes read by Get and atomics"
+    );
+    describe_counter!(
+        "oxmem_node_written_bytes_total",
+        Unit::Bytes,
+        "Bytes stored by puts and atomics"
+    );
+    describe_counter!(
+        "oxmem_node_denied_total",
+        "Requests answered denied, by reason"
+    );
+    describe_counter!(
+        "oxmem_node_unsupported_total",
+        "TL-C requests refused (the node is TL-UH only)"
+    );
+    describe_counter!(
+        "oxmem_node_frames_received_total",
+        "Frames received, per transport"
+    );
+    describe_counter!("oxmem_node_frames_sent_total", "Frames sent, per transport");
+    describe_counter!(
+        "oxmem_node_frames_refused_total",
+        "Frames the link refused (corrupt, malformed, beyond credit)"
+    );
+    describe_counter!(
+        "oxmem_node_peers_refused_total",
+        "Frames from new peers beyond the peer limit"
+    );
+    describe_gauge!(
+        "oxmem_node_capacity_bytes",
+        Unit::Bytes,
+        "Memory the node exports"
+    );
+    describe_gauge!("oxmem_node_peers", "Peers that have connected");
+}
+
+/// Copies the node's counters into the metrics registry (counters are absolute values).
+fn publish_metrics(server: &NodeServer) {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use metrics::{counter, gauge};
+    use oxmem_node::DenyReason;
+    use oxmem_wire::Op;
+    let exec = server.executor().lock().unwrap_or_else(|p| p.into_inner());
+    let c = exec.counters();
+    for (op, name) in [
+        (Op::Get, "get"),
+        (Op::PutFullData, "put_full_data"),
+        (Op::PutPartialData, "put_partial_data"),
+        (Op::ArithmeticData, "arithmetic_data"),
+        (Op::LogicalData, "logical_data"),
+        (Op::Intent, "intent"),
+    ] {
+        counter!("oxmem_node_requests_total", "op" => name).absolute(c.requests.get(op));
+    }
+    counter!("oxmem_node_read_bytes_total").absolute(c.bytes_read);
+    counter!("oxmem_node_written_bytes_total").absolute(c.bytes_written);
+    for (reason, name) in [
+        (DenyReason::NoGrant, "no_grant"),
+        (DenyReason::ReadOnly, "read_only"),
+        (DenyReason::OutOfArena, "out_of_arena"),
+        (DenyReason::Unaligned, "unaligned"),
+        (DenyReason::AtomicTooLarge, "atomic_too_large"),
+        (DenyReason::CorruptData, "corrupt_data"),
+        (DenyReason::Malformed, "malformed"),
+    ] {
+        counter!("oxmem_node_denied_total", "reason" => name).absolute(c.denied.get(reason));
+    }
+    counter!("oxmem_node_unsupported_total").absolute(c.unsupported);
+    gauge!("oxmem_node_capacity_bytes").set(exec.arena().capacity() as f64);
+    drop(exec);
+    let mut peers = 0;
+    for e in server.engines() {
+        let s = e.stats();
+        let t = e.local_addr().to_string();
+        counter!("oxmem_node_frames_received_total", "transport" => t.clone())
+            .absolute(s.frames_received.load(Relaxed));
+        counter!("oxmem_node_frames_sent_total", "transport" => t.clone())
+            .absolute(s.frames_sent.load(Relaxed));
+        counter!("oxmem_node_frames_refused_total", "transport" => t.clone())
+            .absolute(s.frames_refused.load(Relaxed));
+        counter!("oxmem_node_peers_refused_total", "transport" => t)
+            .absolute(s.peers_refused.load(Relaxed));
+        peers += s.peers.load(Relaxed);
+    }
+    gauge!("oxmem_node_peers").set(peers as f64);
 }
 
 fn print_stats(server: &NodeServer) {

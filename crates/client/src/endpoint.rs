@@ -38,7 +38,10 @@ pub struct EndpointOptions {
     pub max_message: Option<usize>,
     /// Data byte order of the node.
     pub byte_order: ByteOrder,
-    /// Receive buffer per channel in flits: how many response flits may be in flight.
+    /// Receive buffer for responses (channel D), in flits: how many response flits may be in
+    /// flight. The other channels, which a memory node does not use towards a client, get a
+    /// token buffer of 384 flits (a 1.1 peer starts with 128 and is then granted 256, which is
+    /// what ETRI's endpoint waits for on every channel).
     pub rx_buffer_flits: u32,
     /// UDP socket settings (largest datagram, socket buffers) for `udp://` targets.
     pub udp: UdpConfig,
@@ -91,6 +94,16 @@ pub struct Endpoint {
     peer: PeerAddr,
     options: EndpointOptions,
     stats: Arc<ClientStats>,
+    closed: bool,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // Say goodbye, briefly, unless unwinding from a panic.
+        if !self.closed && !std::thread::panicking() {
+            let _ = self.close_within(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Endpoint {
@@ -163,7 +176,10 @@ impl Endpoint {
             name: format!("oxmem-client {peer}"),
             ..EngineConfig::default()
         };
-        config.link.rx_buffer_flits = [options.rx_buffer_flits; 5];
+        // 1.1 starts the peer at 128: buffer + 128 hands out exactly `rx_buffer_flits` more in
+        // as few power-of-two grants as possible.
+        let d = options.rx_buffer_flits.saturating_add(128);
+        config.link.rx_buffer_flits = [384, 384, 384, d, 384];
         config.link.send_queue_bytes = 64 << 20;
         config.peers.insert(
             peer,
@@ -173,18 +189,51 @@ impl Endpoint {
             },
         );
         let engine = Engine::spawn(transport, handler, config)?;
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             engine,
             commands: Mutex::new(tx),
             peer,
             options,
             stats,
+            closed: false,
         };
         let (reply, wait) = oneshot::channel();
         let deadline = endpoint.engine.now() + endpoint.options.connect_timeout;
         endpoint.command(Command::Connect { reply, deadline })?;
-        wait.blocking_recv().map_err(|_| Error::Shutdown)??;
+        if let Err(e) = wait
+            .blocking_recv()
+            .map_err(|_| Error::Shutdown)
+            .and_then(|r| r)
+        {
+            endpoint.closed = true; // nothing to close
+            return Err(e);
+        }
         Ok(endpoint)
+    }
+
+    /// Closes the connection (the 1.1 close handshake, waiting at most `connect_timeout`)
+    /// once everything in flight is done. Dropping an endpoint does the same, bounded to
+    /// 200 ms, so the node does not keep retransmitting to a client that left.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the node does not answer the close in time.
+    pub fn close(mut self) -> Result<(), Error> {
+        let wait = self.options.connect_timeout;
+        self.close_within(wait)
+    }
+
+    fn close_within(&mut self, wait: Duration) -> Result<(), Error> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        // A std channel, not tokio's: this runs in Drop, possibly inside an async runtime,
+        // where tokio's blocking receive would panic.
+        let (reply, rx) = mpsc::channel();
+        let deadline = self.engine.now() + wait;
+        self.command(Command::Close { reply, deadline })?;
+        rx.recv_timeout(wait + Duration::from_millis(100))
+            .map_err(|_| Error::Timeout)?
     }
 
     /// The node's address.

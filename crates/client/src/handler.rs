@@ -67,6 +67,10 @@ pub(crate) enum Command {
         deadline: Instant,
         reply: ReplyTx,
     },
+    Close {
+        reply: std::sync::mpsc::Sender<Result<(), Error>>,
+        deadline: Instant,
+    },
 }
 
 /// A request being served.
@@ -113,6 +117,7 @@ pub(crate) struct ClientHandler {
     connected: bool,
     dead: Option<Error>,
     connect_waiters: Vec<(oneshot::Sender<Result<(), Error>>, Instant)>,
+    close_waiters: Vec<(std::sync::mpsc::Sender<Result<(), Error>>, Instant)>,
     next_request: u64,
     requests: HashMap<u64, Pending>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -146,6 +151,7 @@ impl ClientHandler {
             connected: false,
             dead: None,
             connect_waiters: Vec::new(),
+            close_waiters: Vec::new(),
             next_request: 0,
             requests: HashMap::new(),
             deadlines: BinaryHeap::new(),
@@ -490,7 +496,12 @@ impl Handler for ClientHandler {
                 }
                 self.pump(out);
             }
-            PeerEvent::Closed => self.fail_all(Error::PeerClosed),
+            PeerEvent::Closed => {
+                for (w, _) in self.close_waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                self.fail_all(Error::PeerClosed);
+            }
             PeerEvent::Failed(e) => self.fail_all(Error::LinkFailed(e)),
         }
     }
@@ -516,25 +527,58 @@ impl Handler for ClientHandler {
                 }) => {
                     self.submit(address, kind, deadline, reply);
                 }
+                Ok(Command::Close { reply, deadline }) => {
+                    if self.dead.is_some() || !self.connected {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        out.close(self.config.peer);
+                        self.close_waiters.push((reply, deadline));
+                    }
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        // Connection attempts that ran out of time.
-        let mut next = None;
-        self.connect_waiters.retain_mut(|_| true);
-        let mut i = 0;
-        while i < self.connect_waiters.len() {
-            let deadline = self.connect_waiters[i].1;
-            if deadline <= now {
-                let (w, _) = self.connect_waiters.swap_remove(i);
-                let _ = w.send(Err(Error::Timeout));
-            } else {
-                next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
-                i += 1;
-            }
+        // Connection openings and closings that ran out of time.
+        let mut next = expire_waiters(&mut self.connect_waiters, now);
+        if let Some(d) = expire_waiters(&mut self.close_waiters, now) {
+            next = Some(next.map_or(d, |n: Instant| n.min(d)));
         }
         self.pump(out);
         let expiry = self.expire(now);
         [next, expiry].into_iter().flatten().min()
     }
+}
+
+/// Something a waiter is answered through.
+trait Answer {
+    fn answer(self, r: Result<(), Error>);
+}
+
+impl Answer for oneshot::Sender<Result<(), Error>> {
+    fn answer(self, r: Result<(), Error>) {
+        let _ = self.send(r);
+    }
+}
+
+impl Answer for std::sync::mpsc::Sender<Result<(), Error>> {
+    fn answer(self, r: Result<(), Error>) {
+        let _ = self.send(r);
+    }
+}
+
+/// Answers `Timeout` to the waiters whose deadline passed; returns the next deadline.
+fn expire_waiters<A: Answer>(waiters: &mut Vec<(A, Instant)>, now: Instant) -> Option<Instant> {
+    let mut next = None;
+    let mut i = 0;
+    while i < waiters.len() {
+        let deadline = waiters[i].1;
+        if deadline <= now {
+            let (w, _) = waiters.swap_remove(i);
+            w.answer(Err(Error::Timeout));
+        } else {
+            next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
+            i += 1;
+        }
+    }
+    next
 }

@@ -54,7 +54,13 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            link: Config::default(),
+            link: Config {
+                // A memory node receives requests on channel A; the other channels get a
+                // token buffer of 384 flits (128 to start with in 1.1, then one grant of 256,
+                // which is what ETRI's endpoint waits for on every channel).
+                rx_buffer_flits: [(1 << 14) + 128, 384, 384, 384, 384],
+                ..Config::default()
+            },
             accept: false,
             max_peers: 1024,
             peers: HashMap::new(),

@@ -75,6 +75,12 @@ pub struct BenchArgs {
     /// Label for this run in the JSON (for example the path: loopback, veth).
     #[arg(long, default_value = "loopback")]
     pub label: String,
+    /// IP address of the node's host for the baselines (needed for eth:// targets).
+    #[arg(long)]
+    pub baseline_host: Option<std::net::IpAddr>,
+    /// A Mooncake target segment (IP:PORT) already running on a remote host.
+    #[arg(long)]
+    pub mooncake_segment: Option<String>,
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -304,7 +310,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baselines = if args.no_baselines || !args.suite {
         baselines::Baselines::default()
     } else {
-        baselines::run_all(&target, args.point.max(Duration::from_secs(2)), &progress)
+        let opts = baselines::BaselineOptions {
+            host: args.baseline_host,
+            mooncake_segment: args.mooncake_segment.clone(),
+        };
+        let duration = args.point.max(Duration::from_secs(2));
+        baselines::run_all(&target, &opts, duration, &progress)
     };
     let targets = check_targets(&measurements, &baselines);
     for t in &targets {
