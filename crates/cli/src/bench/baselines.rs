@@ -767,7 +767,7 @@ mod tests {
     fn parses_mooncake_segment() {
         let log = include_str!("testdata/mooncake-target.log");
         let seg = log.lines().find_map(parse_mooncake_listen).unwrap();
-        assert_eq!(seg, "127.0.0.1:16013");
+        assert_eq!(seg, "127.0.0.1:15116");
         assert!(parse_mooncake_listen("TcpTransport: listen on port 16816").is_none());
     }
 
