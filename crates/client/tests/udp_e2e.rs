@@ -849,3 +849,150 @@ fn every_malformed_datagram_is_refused_by_a_fresh_link() {
         assert_eq!(link.variant(), None, "{name} opened a connection");
     }
 }
+
+#[test]
+fn sequential_clients_do_not_use_up_the_node_peer_table() {
+    const CAP: u64 = 1 << 20;
+    let mut exec = Executor::new(Arena::new(CAP).unwrap());
+    exec.grants_mut().add(open(CAP)).unwrap();
+    let mut server = NodeServer::new(exec);
+    let transport = UdpTransport::bind_with("127.0.0.1:0".parse().unwrap(), udp(8192)).unwrap();
+    let config = EngineConfig {
+        max_peers: 4,
+        ..EngineConfig::default()
+    };
+    let PeerAddr::Udp(addr) = server.serve(transport, config).unwrap() else {
+        unreachable!()
+    };
+    for i in 0..8u64 {
+        let opts = EndpointOptions {
+            connect_timeout: Duration::from_secs(5),
+            ..options(8192)
+        };
+        let ep = Endpoint::connect(&Target::Udp(addr), opts)
+            .unwrap_or_else(|e| panic!("client {i} of 8 (node takes 4 at once): {e}"));
+        ep.fetch_add(0, 1).unwrap();
+        drop(ep);
+    }
+    assert_eq!(server.engines()[0].stats().peers_refused.load(Relaxed), 0);
+}
+
+/// A UDP transport that can be silenced, as if its process had died: afterwards it sends
+/// nothing and drops everything it receives.
+#[derive(Debug)]
+struct Silenceable {
+    inner: UdpTransport,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Transport for Silenceable {
+    fn link_params(&self) -> oxmem_net::LinkParams {
+        self.inner.link_params()
+    }
+    fn local_addr(&self) -> PeerAddr {
+        self.inner.local_addr()
+    }
+    fn send(&mut self, frames: &[(PeerAddr, &[u8])]) -> std::io::Result<usize> {
+        if self.dead.load(Relaxed) {
+            return Ok(frames.len());
+        }
+        self.inner.send(frames)
+    }
+    fn recv(&mut self, batch: &mut oxmem_net::RecvBatch) -> std::io::Result<usize> {
+        let n = self.inner.recv(batch)?;
+        if self.dead.load(Relaxed) {
+            batch.clear();
+            return Ok(0);
+        }
+        Ok(n)
+    }
+    fn wait(&mut self, waker: &oxmem_net::Waker, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.inner.wait(waker, timeout)
+    }
+}
+
+/// A client bound to `port` (0: any), through a transport that `dead` silences.
+fn client_on(
+    node: SocketAddr,
+    port: u16,
+    dead: &Arc<std::sync::atomic::AtomicBool>,
+    connect_timeout: Duration,
+) -> Result<(Endpoint, SocketAddr), Error> {
+    let inner = UdpTransport::bind_with(SocketAddr::from(([127, 0, 0, 1], port)), udp(8192))?;
+    let local = inner.local_socket_addr();
+    let transport = Silenceable {
+        inner,
+        dead: dead.clone(),
+    };
+    let opts = EndpointOptions {
+        connect_timeout,
+        timeout: Duration::from_secs(3),
+        ..options(8192)
+    };
+    Ok((
+        Endpoint::with_transport(transport, PeerAddr::Udp(node), opts)?,
+        local,
+    ))
+}
+
+/// On raw Ethernet a host has one address (its MAC), so every client process on it reaches
+/// the node from the same peer address; over UDP the same happens when a client binds a fixed
+/// port. A client that starts after another one left must be able to connect.
+#[test]
+fn a_client_restarted_on_the_same_address_connects_again() {
+    const CAP: u64 = 1 << 20;
+    let (server, addr, _) = start_node(CAP, 8192, vec![open(CAP)], None);
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first, local) = client_on(addr, 0, &alive, Duration::from_secs(3)).unwrap();
+    first.write(0x40, &[1, 2, 3]).unwrap();
+    drop(first); // a clean exit
+
+    let started = Instant::now();
+    let (second, _) = client_on(addr, local.port(), &alive, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("a second client from {local} after a clean exit: {e}"));
+    println!(
+        "second client from {local} connected after {:?}",
+        started.elapsed()
+    );
+    let mut buf = [0u8; 3];
+    second.read(0x40, &mut buf).unwrap();
+    assert_eq!(buf, [1, 2, 3]);
+    drop(second);
+    drop(server);
+}
+
+/// As above, but the first client dies without a word (a crash, a kill -9, a pulled cable):
+/// the node must not lock its address out for good.
+#[test]
+#[ignore = "bug: an idle connection whose peer died is never forgotten, and the node answers \
+            the peer's new Open as a duplicate of the old one (see the report)"]
+fn a_client_that_died_silently_does_not_lock_its_address_out() {
+    const CAP: u64 = 1 << 20;
+    let (server, addr, _) = start_node(CAP, 8192, vec![open(CAP)], None);
+    let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first, local) = client_on(addr, 0, &dead, Duration::from_secs(3)).unwrap();
+    first.write(0x40, &[4, 5, 6]).unwrap();
+    // Idle long enough for every acknowledgement to have gone both ways.
+    std::thread::sleep(Duration::from_millis(300));
+    dead.store(true, Relaxed);
+    drop(first);
+
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let (second, _) =
+        client_on(addr, local.port(), &alive, Duration::from_secs(8)).unwrap_or_else(|e| {
+            panic!(
+                "a second client from {local} after the first died: {e} after {:?}",
+                started.elapsed()
+            )
+        });
+    println!(
+        "second client from {local} connected after {:?}",
+        started.elapsed()
+    );
+    let mut buf = [0u8; 3];
+    second.read(0x40, &mut buf).unwrap();
+    assert_eq!(buf, [4, 5, 6]);
+    drop(second);
+    drop(server);
+}
