@@ -271,7 +271,7 @@ impl Endpoint {
         kind: Kind,
     ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
         let len = match &kind {
-            Kind::Read { len } => *len,
+            Kind::Read { len, .. } => *len,
             Kind::Write { data } => data.len(),
             Kind::Atomic { width, .. } => {
                 if !matches!(width, 1 | 2 | 4 | 8) {
@@ -310,7 +310,13 @@ impl Endpoint {
     /// # Panics
     /// When called from inside an async runtime (use [`read_async`](Self::read_async)).
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let rx = self.submit(address, Kind::Read { len: buf.len() })?;
+        let rx = self.submit(
+            address,
+            Kind::Read {
+                len: buf.len(),
+                into: Vec::new(),
+            },
+        )?;
         match rx.blocking_recv().map_err(|_| Error::Shutdown)?? {
             Reply::Read(data) => {
                 buf.copy_from_slice(&data);
@@ -419,7 +425,13 @@ impl Endpoint {
     /// # Errors
     /// As [`read`](Self::read).
     pub async fn read_async(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let rx = self.submit(address, Kind::Read { len: buf.len() })?;
+        let rx = self.submit(
+            address,
+            Kind::Read {
+                len: buf.len(),
+                into: Vec::new(),
+            },
+        )?;
         match rx.await.map_err(|_| Error::Shutdown)?? {
             Reply::Read(data) => {
                 buf.copy_from_slice(&data);
@@ -467,7 +479,37 @@ impl Endpoint {
     /// # Errors
     /// [`Error::InvalidRequest`] or [`Error::Shutdown`] when the request cannot start.
     pub fn start_read(&self, address: u64, len: usize) -> Result<Ticket, Error> {
-        self.submit(address, Kind::Read { len }).map(Ticket)
+        self.submit(
+            address,
+            Kind::Read {
+                len,
+                into: Vec::new(),
+            },
+        )
+        .map(Ticket)
+    }
+
+    /// Starts a read into `buf` (all of it) and returns at once; the ticket's
+    /// `Completed::Read` gives the same buffer back, filled. Reusing buffers this way, data is
+    /// copied once, from the frame into the buffer, and nothing is allocated per read.
+    ///
+    /// # Errors
+    /// As [`start_read`](Self::start_read).
+    pub fn start_read_into(&self, address: u64, buf: Vec<u8>) -> Result<Ticket, Error> {
+        let len = buf.len();
+        self.submit(address, Kind::Read { len, into: buf })
+            .map(Ticket)
+    }
+
+    /// Reads `len` bytes at `address` into a new buffer (one copy, from the frames).
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn read_to_vec(&self, address: u64, len: usize) -> Result<Vec<u8>, Error> {
+        match self.start_read(address, len)?.wait()? {
+            Completed::Read(v) => Ok(v),
+            _ => Err(Error::Protocol("reply kind")),
+        }
     }
 
     /// Starts a write and returns at once.
@@ -556,7 +598,13 @@ pub struct Batch<'e> {
 impl Batch<'_> {
     /// Adds a read of `len` bytes at `address`.
     pub fn read(&mut self, address: u64, len: usize) -> &mut Self {
-        self.ops.push((address, Kind::Read { len }));
+        self.ops.push((
+            address,
+            Kind::Read {
+                len,
+                into: Vec::new(),
+            },
+        ));
         self
     }
 

@@ -31,8 +31,10 @@ pub enum AtomicOp {
 /// What a request wants.
 #[derive(Debug)]
 pub(crate) enum Kind {
+    /// `into` is the buffer to fill (its length is `len` when the caller supplied one).
     Read {
         len: usize,
+        into: Vec<u8>,
     },
     Write {
         data: Vec<u8>,
@@ -167,11 +169,14 @@ impl ClientHandler {
             let _ = reply.send(Err(e.clone()));
             return;
         }
-        let (pieces, buf) = match &kind {
-            Kind::Read { len } => (
-                read_pieces(address, *len, self.config.max_size),
-                vec![0; *len],
-            ),
+        let mut kind = kind;
+        let (pieces, buf) = match &mut kind {
+            Kind::Read { len, into } => {
+                // The caller's own buffer when it gave one: no allocation, no clearing.
+                let mut buf = std::mem::take(into);
+                buf.resize(*len, 0);
+                (read_pieces(address, *len, self.config.max_size), buf)
+            }
             Kind::Write { data } => (
                 write_pieces(
                     address,

@@ -144,38 +144,47 @@ pub fn measure(
     let data = vec![0x5au8; len];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let mut next = 0u64;
-    let start_op = |next: &mut u64| -> anyhow::Result<(Instant, Ticket)> {
-        let address = (*next % slots) * size;
-        *next += 1;
-        let t = Instant::now();
-        let ticket = match op {
-            BenchOp::Read => ep.start_read(address, len)?,
-            BenchOp::Write => ep.start_write(address, &data)?,
-            BenchOp::FetchAdd => ep.start_atomic(address, AtomicOp::Add, 8, 1)?,
+    // Read buffers are handed back by completed reads and reused: no allocation per read.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let start_op =
+        |next: &mut u64, spare: &mut Vec<Vec<u8>>| -> anyhow::Result<(Instant, Ticket)> {
+            let address = (*next % slots) * size;
+            *next += 1;
+            let t = Instant::now();
+            let ticket = match op {
+                BenchOp::Read => {
+                    let buf = spare.pop().unwrap_or_else(|| vec![0; len]);
+                    ep.start_read_into(address, buf)?
+                }
+                BenchOp::Write => ep.start_write(address, &data)?,
+                BenchOp::FetchAdd => ep.start_atomic(address, AtomicOp::Add, 8, 1)?,
+            };
+            Ok((t, ticket))
         };
-        Ok((t, ticket))
-    };
     // Warm up briefly (connection credits, page faults on the node), then measure.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(200) {
-        start_op(&mut next)?.1.wait().ok();
+        start_op(&mut next, &mut spare)?.1.wait().ok();
     }
     let mut window = std::collections::VecDeque::with_capacity(depth);
     let begin = Instant::now();
     for _ in 0..depth.max(1) {
-        window.push_back(start_op(&mut next)?);
+        window.push_back(start_op(&mut next, &mut spare)?);
     }
     let (mut ops, mut errors) = (0u64, 0u64);
     while let Some((t, ticket)) = window.pop_front() {
         match ticket.wait() {
-            Ok(_) => {
+            Ok(done) => {
+                if let oxmem_client::Completed::Read(buf) = done {
+                    spare.push(buf);
+                }
                 ops += 1;
                 hist.saturating_record(t.elapsed().as_micros().max(1) as u64);
             }
             Err(_) => errors += 1,
         }
         if begin.elapsed() < duration {
-            window.push_back(start_op(&mut next)?);
+            window.push_back(start_op(&mut next, &mut spare)?);
         }
     }
     let seconds = begin.elapsed().as_secs_f64();
