@@ -1,23 +1,19 @@
 //! `Endpoint`: reads, writes, batches and atomics against one memory node.
 
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
-use oxmem_link::{HeaderVariant, Instant};
-use oxmem_net::engine::{Engine, EngineConfig, EngineStats, PeerSettings};
-use oxmem_net::ethernet::EthernetTransport;
-use oxmem_net::fault::{FaultConfig, FaultInjector};
-use oxmem_net::udp::{UdpConfig, UdpTransport};
+use oxmem_link::HeaderVariant;
+use oxmem_net::engine::EngineStats;
+use oxmem_net::fault::FaultConfig;
+use oxmem_net::udp::UdpConfig;
 use oxmem_net::{PeerAddr, Transport};
 use oxmem_wire::ByteOrder;
 use tokio::sync::oneshot;
 
-use crate::ClientStats;
-use crate::Target;
+use crate::client::{Client, ClientOptions, NodeOptions};
 use crate::error::Error;
-use crate::handler::{AtomicOp, ClientHandler, Command, HandlerConfig, Kind, Reply};
+use crate::handler::{AtomicOp, Kind, Reply};
+use crate::{ClientStats, Target};
 
 /// How an endpoint behaves.
 #[derive(Debug, Clone)]
@@ -39,9 +35,7 @@ pub struct EndpointOptions {
     /// Data byte order of the node.
     pub byte_order: ByteOrder,
     /// Receive buffer for responses (channel D), in flits: how many response flits may be in
-    /// flight. The other channels, which a memory node does not use towards a client, get a
-    /// token buffer of 384 flits (a 1.1 peer starts with 128 and is then granted 256, which is
-    /// what ETRI's endpoint waits for on every channel).
+    /// flight (see [`ClientOptions::rx_buffer_flits`]).
     pub rx_buffer_flits: u32,
     /// UDP socket settings (largest datagram, socket buffers) for `udp://` targets.
     pub udp: UdpConfig,
@@ -51,49 +45,58 @@ pub struct EndpointOptions {
 
 impl Default for EndpointOptions {
     fn default() -> Self {
+        let c = ClientOptions::default();
+        let n = NodeOptions::default();
         EndpointOptions {
-            variant: HeaderVariant::V1_1,
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(3),
-            partial_writes: true,
-            max_in_flight: 4096,
-            max_frame: None,
-            max_message: None,
-            byte_order: ByteOrder::Spec,
-            rx_buffer_flits: 1 << 17,
-            udp: UdpConfig::default(),
-            faults: None,
+            variant: n.variant,
+            timeout: c.timeout,
+            connect_timeout: c.connect_timeout,
+            partial_writes: n.partial_writes,
+            max_in_flight: c.max_in_flight,
+            max_frame: n.max_frame,
+            max_message: n.max_message,
+            byte_order: n.byte_order,
+            rx_buffer_flits: c.rx_buffer_flits,
+            udp: c.udp,
+            faults: c.faults,
         }
     }
 }
 
-/// The largest message size exponent whose frame fits `max_frame` bytes: a header, a
-/// two-flit request header and the data beats, plus the mask flit.
-pub(crate) fn max_size_for_frame(max_frame: usize) -> u8 {
-    let flits = (max_frame / 8).saturating_sub(2); // TLoE header and mask
-    let data_bytes = flits.saturating_sub(2) * 8; // message header + address
-    let mut size = 3u8;
-    while size < 15 && (1usize << (size + 1)) <= data_bytes {
-        size += 1;
+impl EndpointOptions {
+    fn split(&self) -> (ClientOptions, NodeOptions) {
+        (
+            ClientOptions {
+                timeout: self.timeout,
+                connect_timeout: self.connect_timeout,
+                max_in_flight: self.max_in_flight,
+                rx_buffer_flits: self.rx_buffer_flits,
+                udp: self.udp,
+                faults: self.faults,
+            },
+            NodeOptions {
+                variant: self.variant,
+                max_frame: self.max_frame,
+                max_message: self.max_message,
+                partial_writes: self.partial_writes,
+                byte_order: self.byte_order,
+            },
+        )
     }
-    size
 }
 
-/// A connection to one memory node, usable from many threads at once.
+/// A connection to one memory node, usable from many threads at once: a [`Client`] of its
+/// own, talking to one node.
 ///
 /// Blocking calls ([`read`](Self::read), [`write`](Self::write), …) and async calls
 /// ([`read_async`](Self::read_async), …) may be mixed. Every request is split into TileLink
 /// messages that the endpoint's engine thread keeps in flight as far as credits and the
-/// window allow. Read data is assembled in a buffer of the engine and copied once into the
-/// caller's buffer when the whole read has arrived, so a failed or timed-out read never
-/// leaves a half-filled buffer.
+/// window allow. Read data is assembled in one buffer and handed over only when the whole read
+/// has arrived, so a failed or timed-out read never leaves a half-filled buffer.
 #[derive(Debug)]
 pub struct Endpoint {
-    engine: Engine,
-    commands: Mutex<Sender<Command>>,
+    client: Client,
     peer: PeerAddr,
-    options: EndpointOptions,
-    stats: Arc<ClientStats>,
     closed: bool,
 }
 
@@ -101,7 +104,8 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         // Say goodbye, briefly, unless unwinding from a panic.
         if !self.closed && !std::thread::panicking() {
-            let _ = self.close_within(Duration::from_millis(200));
+            self.closed = true;
+            let _ = self.client.close(self.peer, Duration::from_millis(200));
         }
     }
 }
@@ -113,32 +117,15 @@ impl Endpoint {
     /// [`Error::Io`] when the socket cannot be opened (raw Ethernet needs root or
     /// CAP_NET_RAW), [`Error::Timeout`] when the node does not answer.
     pub fn connect(target: &Target, options: EndpointOptions) -> Result<Endpoint, Error> {
-        match target {
-            Target::Udp(addr) => {
-                let any: std::net::SocketAddr = if addr.is_ipv6() {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-                };
-                let transport = UdpTransport::bind_with(any, options.udp)?;
-                Self::with_faults(transport, PeerAddr::Udp(*addr), options)
-            }
-            Target::Ethernet { interface, peer } => {
-                let transport = EthernetTransport::open(interface)?;
-                Self::with_faults(transport, PeerAddr::Ethernet(*peer), options)
-            }
-        }
-    }
-
-    fn with_faults<T: Transport>(
-        transport: T,
-        peer: PeerAddr,
-        options: EndpointOptions,
-    ) -> Result<Endpoint, Error> {
-        match options.faults {
-            Some(f) => Self::with_transport(FaultInjector::new(transport, f), peer, options),
-            None => Self::with_transport(transport, peer, options),
-        }
+        let (copts, nopts) = options.split();
+        let (client, peer) = match target {
+            Target::Udp(addr) => (Client::udp(addr.is_ipv6(), copts)?, PeerAddr::Udp(*addr)),
+            Target::Ethernet { interface, peer } => (
+                Client::ethernet(interface, copts)?,
+                PeerAddr::Ethernet(*peer),
+            ),
+        };
+        Self::open(client, peer, nopts)
     }
 
     /// Connects to the node at `peer` through `transport`.
@@ -151,64 +138,17 @@ impl Endpoint {
         peer: PeerAddr,
         options: EndpointOptions,
     ) -> Result<Endpoint, Error> {
-        let params = transport.link_params();
-        let max_frame = options
-            .max_frame
-            .map_or(params.max_frame, |m| m.min(params.max_frame));
-        let mut max_size = max_size_for_frame(max_frame);
-        if let Some(m) = options.max_message {
-            max_size = max_size.min(m.max(1).ilog2() as u8);
-        }
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(ClientStats::default());
-        let handler = ClientHandler::new(
-            HandlerConfig {
-                peer,
-                variant: options.variant,
-                max_size,
-                partial_writes: options.partial_writes,
-                max_in_flight: options.max_in_flight,
-            },
-            rx,
-            stats.clone(),
-        );
-        let mut config = EngineConfig {
-            name: format!("oxmem-client {peer}"),
-            ..EngineConfig::default()
-        };
-        // 1.1 starts the peer at 128: buffer + 128 hands out exactly `rx_buffer_flits` more in
-        // as few power-of-two grants as possible.
-        let d = options.rx_buffer_flits.saturating_add(128);
-        config.link.rx_buffer_flits = [384, 384, 384, d, 384];
-        config.link.send_queue_bytes = 64 << 20;
-        config.peers.insert(
+        let (copts, nopts) = options.split();
+        Self::open(Client::with_transport(transport, copts)?, peer, nopts)
+    }
+
+    fn open(client: Client, peer: PeerAddr, options: NodeOptions) -> Result<Endpoint, Error> {
+        client.connect(peer, options)?;
+        Ok(Endpoint {
+            client,
             peer,
-            PeerSettings {
-                max_frame: Some(max_frame),
-                byte_order: Some(options.byte_order),
-            },
-        );
-        let engine = Engine::spawn(transport, handler, config)?;
-        let mut endpoint = Endpoint {
-            engine,
-            commands: Mutex::new(tx),
-            peer,
-            options,
-            stats,
             closed: false,
-        };
-        let (reply, wait) = oneshot::channel();
-        let deadline = endpoint.engine.now() + endpoint.options.connect_timeout;
-        endpoint.command(Command::Connect { reply, deadline })?;
-        if let Err(e) = wait
-            .blocking_recv()
-            .map_err(|_| Error::Shutdown)
-            .and_then(|r| r)
-        {
-            endpoint.closed = true; // nothing to close
-            return Err(e);
-        }
-        Ok(endpoint)
+        })
     }
 
     /// Closes the connection (the 1.1 close handshake, waiting at most `connect_timeout`)
@@ -218,22 +158,9 @@ impl Endpoint {
     /// # Errors
     /// [`Error::Timeout`] when the node does not answer the close in time.
     pub fn close(mut self) -> Result<(), Error> {
-        let wait = self.options.connect_timeout;
-        self.close_within(wait)
-    }
-
-    fn close_within(&mut self, wait: Duration) -> Result<(), Error> {
-        if self.closed {
-            return Ok(());
-        }
         self.closed = true;
-        // A std channel, not tokio's: this runs in Drop, possibly inside an async runtime,
-        // where tokio's blocking receive would panic.
-        let (reply, rx) = mpsc::channel();
-        let deadline = self.engine.now() + wait;
-        self.command(Command::Close { reply, deadline })?;
-        rx.recv_timeout(wait + Duration::from_millis(100))
-            .map_err(|_| Error::Timeout)?
+        let wait = self.client.options().connect_timeout;
+        self.client.close(self.peer, wait)
     }
 
     /// The node's address.
@@ -241,28 +168,19 @@ impl Endpoint {
         self.peer
     }
 
+    /// The client under this endpoint (its local address is what the node sees).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Counters of this endpoint.
     pub fn stats(&self) -> &ClientStats {
-        &self.stats
+        self.client.stats()
     }
 
     /// Counters of the engine under it (frames, bytes, sleeps).
     pub fn engine_stats(&self) -> &EngineStats {
-        self.engine.stats()
-    }
-
-    fn command(&self, c: Command) -> Result<(), Error> {
-        self.commands
-            .lock()
-            .map_err(|_| Error::Shutdown)?
-            .send(c)
-            .map_err(|_| Error::Shutdown)?;
-        self.engine.waker().wake();
-        Ok(())
-    }
-
-    fn deadline(&self) -> Instant {
-        self.engine.now() + self.options.timeout
+        self.client.engine_stats()
     }
 
     fn submit(
@@ -270,35 +188,7 @@ impl Endpoint {
         address: u64,
         kind: Kind,
     ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
-        let len = match &kind {
-            Kind::Read { len, .. } => *len,
-            Kind::Write { data } => data.len(),
-            Kind::Atomic { width, .. } => {
-                if !matches!(width, 1 | 2 | 4 | 8) {
-                    return Err(Error::InvalidRequest("atomic width must be 1, 2, 4 or 8"));
-                }
-                if address % u64::from(*width) != 0 {
-                    return Err(Error::InvalidRequest(
-                        "atomic address must be aligned to its width",
-                    ));
-                }
-                usize::from(*width)
-            }
-        };
-        if len == 0 {
-            return Err(Error::InvalidRequest("zero-length transfer"));
-        }
-        if address.checked_add(len as u64).is_none() {
-            return Err(Error::InvalidRequest("address range overflows"));
-        }
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Submit {
-            address,
-            kind,
-            deadline: self.deadline(),
-            reply,
-        })?;
-        Ok(rx)
+        self.client.submit(self.peer, address, kind)
     }
 
     /// Reads `buf.len()` bytes at `address`.
@@ -552,7 +442,7 @@ impl Endpoint {
 
 /// A request in flight, started with [`Endpoint::start_read`] and friends.
 #[derive(Debug)]
-pub struct Ticket(oneshot::Receiver<Result<Reply, Error>>);
+pub struct Ticket(pub(crate) oneshot::Receiver<Result<Reply, Error>>);
 
 impl Ticket {
     /// Blocks until the request completes.
@@ -667,7 +557,7 @@ impl Batch<'_> {
     }
 }
 
-fn convert(r: Result<Reply, Error>) -> Result<Completed, Error> {
+pub(crate) fn convert(r: Result<Reply, Error>) -> Result<Completed, Error> {
     Ok(match r? {
         Reply::Read(v) => Completed::Read(v),
         Reply::Write => Completed::Write,

@@ -1,13 +1,17 @@
 //! The client side of the engine: turns requests into TileLink messages, keeps as many in
-//! flight as the link allows, and matches responses back to requests by source id.
+//! flight as each link allows, and matches responses back to requests by source id.
+//!
+//! One handler serves every node a client talks to over one transport, so a region striped
+//! over many nodes is read through one socket, and a node's grants name one client address.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use oxmem_link::{HeaderVariant, Instant, SendError};
 use oxmem_net::PeerAddr;
-use oxmem_net::engine::{Handler, Outbox, PeerEvent};
+use oxmem_net::engine::{Handler, Outbox, PeerEvent, PeerSettings};
 use oxmem_wire::{ArithmeticParam, Channel, LogicalParam, Message, Op, Payload};
 use tokio::sync::oneshot;
 
@@ -26,6 +30,25 @@ pub enum AtomicOp {
     Or,
     And,
     Swap,
+}
+
+impl AtomicOp {
+    /// The message that applies this operation.
+    fn message<'a>(self, source: u32, address: u64, size: u8, beat: &'a [u8]) -> Message<'a> {
+        let arithmetic = |p| Message::arithmetic(source, address, size, p, beat);
+        let logical = |p| Message::logical(source, address, size, p, beat);
+        match self {
+            AtomicOp::Add => arithmetic(ArithmeticParam::Add),
+            AtomicOp::Min => arithmetic(ArithmeticParam::Min),
+            AtomicOp::Max => arithmetic(ArithmeticParam::Max),
+            AtomicOp::MinU => arithmetic(ArithmeticParam::MinU),
+            AtomicOp::MaxU => arithmetic(ArithmeticParam::MaxU),
+            AtomicOp::Xor => logical(LogicalParam::Xor),
+            AtomicOp::Or => logical(LogicalParam::Or),
+            AtomicOp::And => logical(LogicalParam::And),
+            AtomicOp::Swap => logical(LogicalParam::Swap),
+        }
+    }
 }
 
 /// What a request wants.
@@ -56,20 +79,34 @@ pub(crate) enum Reply {
 
 pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, Error>>;
 
+/// How to talk to one node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerConfig {
+    pub variant: HeaderVariant,
+    /// log2 of the largest message.
+    pub max_size: u8,
+    pub partial_writes: bool,
+    pub settings: PeerSettings,
+}
+
 /// Work handed to the engine thread.
 #[derive(Debug)]
 pub(crate) enum Command {
     Connect {
+        peer: PeerAddr,
+        config: PeerConfig,
         reply: oneshot::Sender<Result<(), Error>>,
         deadline: Instant,
     },
     Submit {
+        peer: PeerAddr,
         address: u64,
         kind: Kind,
         deadline: Instant,
         reply: ReplyTx,
     },
     Close {
+        peer: PeerAddr,
         reply: std::sync::mpsc::Sender<Result<(), Error>>,
         deadline: Instant,
     },
@@ -103,69 +140,84 @@ struct InFlight {
     op: Op,
 }
 
-/// Options the handler needs.
-#[derive(Debug, Clone)]
-pub(crate) struct HandlerConfig {
-    pub peer: PeerAddr,
-    pub variant: HeaderVariant,
-    pub max_size: u8,
-    pub partial_writes: bool,
-    pub max_in_flight: u32,
-}
-
-pub(crate) struct ClientHandler {
-    config: HandlerConfig,
-    commands: Receiver<Command>,
+/// Everything about one node.
+#[derive(Debug)]
+struct Peer {
+    config: PeerConfig,
     connected: bool,
     dead: Option<Error>,
     connect_waiters: Vec<(oneshot::Sender<Result<(), Error>>, Instant)>,
     close_waiters: Vec<(std::sync::mpsc::Sender<Result<(), Error>>, Instant)>,
+    queue: VecDeque<Queued>,
+    /// In-flight pieces by source id (each connection has its own source space).
+    in_flight: Vec<Option<InFlight>>,
+    free: Vec<u32>,
+}
+
+impl Peer {
+    fn new(config: PeerConfig, max_in_flight: u32) -> Self {
+        Peer {
+            config,
+            connected: false,
+            dead: None,
+            connect_waiters: Vec::new(),
+            close_waiters: Vec::new(),
+            queue: VecDeque::new(),
+            in_flight: vec![None; max_in_flight as usize],
+            free: (0..max_in_flight).rev().collect(),
+        }
+    }
+}
+
+pub(crate) struct ClientHandler {
+    max_in_flight: u32,
+    commands: Receiver<Command>,
+    peers: HashMap<PeerAddr, Peer>,
     next_request: u64,
     requests: HashMap<u64, Pending>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    queue: VecDeque<Queued>,
-    /// In-flight pieces by source id; free ids in `free`.
-    in_flight: Vec<Option<InFlight>>,
-    free: Vec<u32>,
     stats: std::sync::Arc<crate::ClientStats>,
 }
 
 impl std::fmt::Debug for ClientHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientHandler")
-            .field("peer", &self.config.peer)
+            .field("peers", &self.peers.len())
             .field("requests", &self.requests.len())
-            .field("queued", &self.queue.len())
             .finish()
     }
 }
 
 impl ClientHandler {
     pub(crate) fn new(
-        config: HandlerConfig,
+        max_in_flight: u32,
         commands: Receiver<Command>,
         stats: std::sync::Arc<crate::ClientStats>,
     ) -> Self {
-        let n = config.max_in_flight;
         ClientHandler {
-            config,
+            max_in_flight,
             commands,
-            connected: false,
-            dead: None,
-            connect_waiters: Vec::new(),
-            close_waiters: Vec::new(),
+            peers: HashMap::new(),
             next_request: 0,
             requests: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            queue: VecDeque::new(),
-            in_flight: vec![None; n as usize],
-            free: (0..n).rev().collect(),
             stats,
         }
     }
 
-    fn submit(&mut self, address: u64, kind: Kind, deadline: Instant, reply: ReplyTx) {
-        if let Some(e) = &self.dead {
+    fn submit(
+        &mut self,
+        peer: PeerAddr,
+        address: u64,
+        kind: Kind,
+        deadline: Instant,
+        reply: ReplyTx,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            let _ = reply.send(Err(Error::InvalidRequest("not connected to that node")));
+            return;
+        };
+        if let Some(e) = &p.dead {
             let _ = reply.send(Err(e.clone()));
             return;
         }
@@ -175,26 +227,24 @@ impl ClientHandler {
                 // The caller's own buffer when it gave one: no allocation, no clearing.
                 let mut buf = std::mem::take(into);
                 buf.resize(*len, 0);
-                (read_pieces(address, *len, self.config.max_size), buf)
+                (read_pieces(address, *len, p.config.max_size), buf)
             }
             Kind::Write { data } => (
                 write_pieces(
                     address,
                     data.len(),
-                    self.config.max_size,
-                    self.config.partial_writes,
+                    p.config.max_size,
+                    p.config.partial_writes,
                 ),
                 Vec::new(),
             ),
             Kind::Atomic { width, .. } => {
-                let size = width.trailing_zeros() as u8;
-                let beat = address & !7;
                 let piece = Piece {
                     address,
-                    size,
+                    size: width.trailing_zeros() as u8,
                     offset: 0,
                     len: usize::from(*width),
-                    skip: (address - beat) as usize,
+                    skip: (address % 8) as usize,
                     partial: false,
                 };
                 (vec![piece], Vec::new())
@@ -203,46 +253,54 @@ impl ClientHandler {
         let id = self.next_request;
         self.next_request += 1;
         for piece in &pieces {
-            self.queue.push_back(Queued {
+            p.queue.push_back(Queued {
                 request: id,
                 piece: *piece,
             });
         }
         self.deadlines.push(Reverse((deadline, id)));
-        self.requests.insert(
-            id,
-            Pending {
-                kind,
-                buf,
-                outstanding: pieces.len(),
-                error: None,
-                reply: Some(reply),
-                old_value: 0,
-            },
-        );
+        let pending = Pending {
+            kind,
+            buf,
+            outstanding: pieces.len(),
+            error: None,
+            reply: Some(reply),
+            old_value: 0,
+        };
+        self.requests.insert(id, pending);
     }
 
-    /// Hands queued pieces to the link while source ids and queue room last.
-    fn pump(&mut self, out: &mut Outbox<'_>) {
-        if !self.connected {
+    /// Hands queued pieces to every node's link while source ids and queue room last.
+    fn pump_all(&mut self, out: &mut Outbox<'_>) {
+        let peers: Vec<PeerAddr> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.pump(peer, out);
+        }
+    }
+
+    fn pump(&mut self, peer: PeerAddr, out: &mut Outbox<'_>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !p.connected {
             return;
         }
+        let mut finished = Vec::new();
+        let mut failed = Vec::new();
         let mut beat: [u8; 8];
         let mut mask: [u8; 8];
-        while let Some(&Queued { request, piece }) = self.queue.front() {
+        while let Some(&Queued { request, piece }) = p.queue.front() {
             let Some(pending) = self.requests.get(&request) else {
-                self.queue.pop_front();
+                p.queue.pop_front();
                 continue;
             };
             if pending.reply.is_none() {
                 // Timed out before it was sent: nothing to do.
-                self.queue.pop_front();
-                self.finish_piece(request);
+                p.queue.pop_front();
+                finished.push(request);
                 continue;
             }
-            let Some(&source) = self.free.last() else {
-                break;
-            };
+            let Some(&source) = p.free.last() else { break };
             let msg = match &pending.kind {
                 Kind::Read { .. } => Message::get(source, piece.address, piece.size),
                 Kind::Write { data } => {
@@ -250,8 +308,7 @@ impl ClientHandler {
                     if piece.partial {
                         beat = [0; 8];
                         beat[piece.skip..piece.skip + piece.len].copy_from_slice(bytes);
-                        let bits: u64 = ((1u64 << piece.len) - 1) << piece.skip;
-                        mask = bits.to_le_bytes();
+                        mask = (((1u64 << piece.len) - 1) << piece.skip).to_le_bytes();
                         Message::put_partial_data(source, piece.address, 3, &beat, &mask)
                     } else if piece.size < 3 {
                         beat = [0; 8];
@@ -264,93 +321,46 @@ impl ClientHandler {
                 }
                 Kind::Atomic { op, width, operand } => {
                     beat = [0; 8];
-                    let lane = piece.skip;
                     let w = usize::from(*width);
-                    beat[lane..lane + w].copy_from_slice(&operand.to_le_bytes()[..w]);
-                    let addr = piece.address;
-                    match op {
-                        AtomicOp::Add => Message::arithmetic(
-                            source,
-                            addr,
-                            piece.size,
-                            ArithmeticParam::Add,
-                            &beat,
-                        ),
-                        AtomicOp::Min => Message::arithmetic(
-                            source,
-                            addr,
-                            piece.size,
-                            ArithmeticParam::Min,
-                            &beat,
-                        ),
-                        AtomicOp::Max => Message::arithmetic(
-                            source,
-                            addr,
-                            piece.size,
-                            ArithmeticParam::Max,
-                            &beat,
-                        ),
-                        AtomicOp::MinU => Message::arithmetic(
-                            source,
-                            addr,
-                            piece.size,
-                            ArithmeticParam::MinU,
-                            &beat,
-                        ),
-                        AtomicOp::MaxU => Message::arithmetic(
-                            source,
-                            addr,
-                            piece.size,
-                            ArithmeticParam::MaxU,
-                            &beat,
-                        ),
-                        AtomicOp::Xor => {
-                            Message::logical(source, addr, piece.size, LogicalParam::Xor, &beat)
-                        }
-                        AtomicOp::Or => {
-                            Message::logical(source, addr, piece.size, LogicalParam::Or, &beat)
-                        }
-                        AtomicOp::And => {
-                            Message::logical(source, addr, piece.size, LogicalParam::And, &beat)
-                        }
-                        AtomicOp::Swap => {
-                            Message::logical(source, addr, piece.size, LogicalParam::Swap, &beat)
-                        }
-                    }
+                    beat[piece.skip..piece.skip + w].copy_from_slice(&operand.to_le_bytes()[..w]);
+                    op.message(source, piece.address, piece.size, &beat)
                 }
             };
             let op = msg.op;
-            match out.send(self.config.peer, &msg) {
+            match out.send(peer, &msg) {
                 Ok(()) => {
-                    self.free.pop();
-                    self.queue.pop_front();
-                    self.in_flight[source as usize] = Some(InFlight { request, piece, op });
-                    self.stats
-                        .messages_sent
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    p.free.pop();
+                    p.queue.pop_front();
+                    p.in_flight[source as usize] = Some(InFlight { request, piece, op });
+                    self.stats.messages_sent.fetch_add(1, Relaxed);
                 }
                 Err(SendError::QueueFull) => break,
                 Err(e) => {
-                    // Invalid message (a caller error that got past validation) or a dead link.
-                    self.queue.pop_front();
+                    // An invalid message (a caller error that got past validation) or a dead
+                    // link.
+                    p.queue.pop_front();
                     let error = match e {
                         SendError::Invalid(_) | SendError::TooLarge { .. } => {
                             Error::InvalidRequest("the transfer cannot be expressed in TileLink")
                         }
                         _ => Error::PeerClosed,
                     };
-                    self.fail_request(request, error);
-                    self.finish_piece(request);
+                    failed.push((request, error));
                 }
             }
+        }
+        for (request, error) in failed {
+            self.fail_request(request, error);
+            self.finish_piece(request);
+        }
+        for request in finished {
+            self.finish_piece(request);
         }
     }
 
     fn fail_request(&mut self, request: u64, error: Error) {
         if let Some(p) = self.requests.get_mut(&request) {
-            if p.error.is_none() {
-                p.error = Some(error);
-            }
+            p.error.get_or_insert(error);
         }
     }
 
@@ -377,42 +387,40 @@ impl ClientHandler {
         }
     }
 
-    fn on_response(&mut self, msg: &Message<'_>) {
-        if msg.channel != Channel::D {
-            self.stats
-                .unexpected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return;
-        }
-        let source = msg.source as usize;
-        let Some(flight) = self.in_flight.get_mut(source).and_then(Option::take) else {
-            self.stats
-                .unexpected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn on_response(&mut self, peer: PeerAddr, msg: &Message<'_>) {
+        let flight = match self.peers.get_mut(&peer) {
+            Some(p) if msg.channel == Channel::D => {
+                let f = p
+                    .in_flight
+                    .get_mut(msg.source as usize)
+                    .and_then(Option::take);
+                if f.is_some() {
+                    p.free.push(msg.source);
+                }
+                f
+            }
+            _ => None,
+        };
+        let Some(InFlight { request, piece, op }) = flight else {
+            self.stats.unexpected.fetch_add(1, Relaxed);
             return;
         };
-        self.free.push(msg.source);
-        let InFlight { request, piece, op } = flight;
         let expected = match op {
             Op::Get | Op::ArithmeticData | Op::LogicalData => Op::AccessAckData,
             _ => Op::AccessAck,
         };
         if let Some(p) = self.requests.get_mut(&request) {
             if msg.op != expected || msg.size != piece.size {
-                if p.error.is_none() {
-                    p.error = Some(Error::Protocol(
-                        "response opcode or size does not match the request",
-                    ));
-                }
+                p.error.get_or_insert(Error::Protocol(
+                    "response opcode or size does not match the request",
+                ));
             } else if msg.denied {
-                if p.error.is_none() {
-                    p.error = Some(Error::Denied {
-                        address: piece.address + piece.skip as u64,
-                    });
-                }
-            } else if let Payload::Data(data) = msg.payload {
-                match &p.kind {
-                    Kind::Read { .. } => {
+                p.error.get_or_insert(Error::Denied {
+                    address: piece.address + piece.skip as u64,
+                });
+            } else {
+                match (&p.kind, msg.payload) {
+                    (Kind::Read { .. }, Payload::Data(data)) => {
                         let dst = &mut p.buf[piece.offset..piece.offset + piece.len];
                         if piece.size >= 3 {
                             data.copy_to(dst);
@@ -422,44 +430,51 @@ impl ClientHandler {
                                 *d = data.byte(lane + k);
                             }
                         }
-                        self.stats
-                            .bytes_read
-                            .fetch_add(piece.len as u64, std::sync::atomic::Ordering::Relaxed);
+                        self.stats.bytes_read.fetch_add(piece.len as u64, Relaxed);
                     }
-                    Kind::Atomic { width, .. } => {
+                    (Kind::Atomic { width, .. }, Payload::Data(data)) => {
                         let mut v = [0u8; 8];
                         for (k, b) in v.iter_mut().enumerate().take(usize::from(*width)) {
                             *b = data.byte(piece.skip + k);
                         }
                         p.old_value = u64::from_le_bytes(v);
                     }
-                    Kind::Write { .. } => {}
+                    (Kind::Write { .. }, _) => {
+                        self.stats
+                            .bytes_written
+                            .fetch_add(piece.len as u64, Relaxed);
+                    }
+                    _ => {
+                        p.error
+                            .get_or_insert(Error::Protocol("response without data"));
+                    }
                 }
-            }
-            if matches!(p.kind, Kind::Write { .. }) && !msg.denied {
-                self.stats
-                    .bytes_written
-                    .fetch_add(piece.len as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.finish_piece(request);
     }
 
-    fn fail_all(&mut self, error: Error) {
-        self.dead = Some(error.clone());
-        for (w, _) in self.connect_waiters.drain(..) {
+    /// The link to `peer` ended: everything for it fails with `error`.
+    fn fail_peer(&mut self, peer: PeerAddr, error: Error) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.dead = Some(error.clone());
+        p.connected = false;
+        for (w, _) in p.connect_waiters.drain(..) {
             let _ = w.send(Err(error.clone()));
         }
-        for (_, p) in self.requests.drain() {
-            if let Some(r) = p.reply {
-                let _ = r.send(Err(error.clone()));
+        let mut requests: Vec<u64> = p.queue.drain(..).map(|q| q.request).collect();
+        for slot in &mut p.in_flight {
+            if let Some(f) = slot.take() {
+                requests.push(f.request);
             }
         }
-        self.queue.clear();
-        for slot in &mut self.in_flight {
-            *slot = None;
+        p.free = (0..self.max_in_flight).rev().collect();
+        for r in requests {
+            self.fail_request(r, error.clone());
+            self.finish_piece(r);
         }
-        self.free = (0..self.config.max_in_flight).rev().collect();
     }
 
     fn expire(&mut self, now: Instant) -> Option<Instant> {
@@ -470,9 +485,7 @@ impl ClientHandler {
             self.deadlines.pop();
             if let Some(p) = self.requests.get_mut(&id) {
                 if let Some(r) = p.reply.take() {
-                    self.stats
-                        .timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats.timeouts.fetch_add(1, Relaxed);
                     let _ = r.send(Err(Error::Timeout));
                 }
                 // Pieces still in flight keep their source ids until answered, so a late
@@ -481,74 +494,106 @@ impl ClientHandler {
         }
         None
     }
+
+    fn command(&mut self, command: Command, out: &mut Outbox<'_>) {
+        match command {
+            Command::Connect {
+                peer,
+                config,
+                reply,
+                deadline,
+            } => {
+                let max_in_flight = self.max_in_flight;
+                let p = self
+                    .peers
+                    .entry(peer)
+                    .or_insert_with(|| Peer::new(config, max_in_flight));
+                if p.connected {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                // A node that failed before may be tried again.
+                p.dead = None;
+                p.config = config;
+                out.connect_with(peer, config.variant, config.settings);
+                p.connect_waiters.push((reply, deadline));
+            }
+            Command::Submit {
+                peer,
+                address,
+                kind,
+                deadline,
+                reply,
+            } => {
+                self.submit(peer, address, kind, deadline, reply);
+            }
+            Command::Close {
+                peer,
+                reply,
+                deadline,
+            } => match self.peers.get_mut(&peer) {
+                Some(p) if p.connected && p.dead.is_none() => {
+                    out.close(peer);
+                    p.close_waiters.push((reply, deadline));
+                }
+                _ => {
+                    let _ = reply.send(Ok(()));
+                }
+            },
+        }
+    }
 }
 
 impl Handler for ClientHandler {
-    fn on_message(&mut self, _peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
-        self.on_response(msg);
-        self.pump(out);
+    fn on_message(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
+        self.on_response(peer, msg);
+        self.pump(peer, out);
     }
 
     fn on_peer_event(&mut self, peer: PeerAddr, event: PeerEvent, out: &mut Outbox<'_>) {
-        if peer != self.config.peer {
-            return;
-        }
         match event {
             PeerEvent::Connected(_) => {
-                self.connected = true;
-                for (w, _) in self.connect_waiters.drain(..) {
-                    let _ = w.send(Ok(()));
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.connected = true;
+                    for (w, _) in p.connect_waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
                 }
-                self.pump(out);
+                self.pump(peer, out);
             }
             PeerEvent::Closed => {
-                for (w, _) in self.close_waiters.drain(..) {
-                    let _ = w.send(Ok(()));
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    for (w, _) in p.close_waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
                 }
-                self.fail_all(Error::PeerClosed);
+                self.fail_peer(peer, Error::PeerClosed);
             }
-            PeerEvent::Failed(e) => self.fail_all(Error::LinkFailed(e)),
+            PeerEvent::Failed(e) => self.fail_peer(peer, Error::LinkFailed(e)),
         }
     }
 
     fn poll(&mut self, now: Instant, out: &mut Outbox<'_>) -> Option<Instant> {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Connect { reply, deadline }) => {
-                    if let Some(e) = &self.dead {
-                        let _ = reply.send(Err(e.clone()));
-                    } else if self.connected {
-                        let _ = reply.send(Ok(()));
-                    } else {
-                        out.connect(self.config.peer, self.config.variant);
-                        self.connect_waiters.push((reply, deadline));
-                    }
-                }
-                Ok(Command::Submit {
-                    address,
-                    kind,
-                    deadline,
-                    reply,
-                }) => {
-                    self.submit(address, kind, deadline, reply);
-                }
-                Ok(Command::Close { reply, deadline }) => {
-                    if self.dead.is_some() || !self.connected {
-                        let _ = reply.send(Ok(()));
-                    } else {
-                        out.close(self.config.peer);
-                        self.close_waiters.push((reply, deadline));
-                    }
-                }
+                Ok(c) => self.command(c, out),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
         // Connection openings and closings that ran out of time.
-        let mut next = expire_waiters(&mut self.connect_waiters, now);
-        if let Some(d) = expire_waiters(&mut self.close_waiters, now) {
-            next = Some(next.map_or(d, |n: Instant| n.min(d)));
+        let mut next: Option<Instant> = None;
+        for p in self.peers.values_mut() {
+            for d in [
+                expire_waiters(&mut p.connect_waiters, now),
+                expire_waiters(&mut p.close_waiters, now),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
         }
-        self.pump(out);
+        self.pump_all(out);
         let expiry = self.expire(now);
         [next, expiry].into_iter().flatten().min()
     }

@@ -10,12 +10,14 @@
 
 use std::sync::atomic::AtomicU64;
 
+mod client;
 mod endpoint;
 pub mod error;
 mod handler;
 pub mod split;
 pub mod target;
 
+pub use client::{Client, ClientOptions, NodeOptions};
 pub use endpoint::{Batch, Completed, Endpoint, EndpointOptions, Ticket};
 pub use error::Error;
 pub use handler::AtomicOp;

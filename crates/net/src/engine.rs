@@ -143,6 +143,12 @@ impl Outbox<'_> {
             .map_or(0, Connection::send_queue_room)
     }
 
+    /// Opens a connection to `peer` (if there is none) with settings of its own.
+    pub fn connect_with(&mut self, peer: PeerAddr, variant: HeaderVariant, settings: PeerSettings) {
+        self.conns.overrides.insert(peer, settings);
+        self.connect(peer, variant);
+    }
+
     /// Opens a connection to `peer` (if there is none) in the given header variant.
     pub fn connect(&mut self, peer: PeerAddr, variant: HeaderVariant) {
         let now = self.now;
