@@ -7,7 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 
 use oxmem_link::{HeaderVariant, Instant, SendError};
 use oxmem_net::PeerAddr;
@@ -574,11 +574,8 @@ impl Handler for ClientHandler {
     }
 
     fn poll(&mut self, now: Instant, out: &mut Outbox<'_>) -> Option<Instant> {
-        loop {
-            match self.commands.try_recv() {
-                Ok(c) => self.command(c, out),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(c) = self.commands.try_recv() {
+            self.command(c, out);
         }
         // Connection openings and closings that ran out of time.
         let mut next: Option<Instant> = None;
