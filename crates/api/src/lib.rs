@@ -296,6 +296,9 @@ pub enum ErrorCode {
     BadRequest,
     /// This coordinator is not the leader; retry against the leader.
     NotLeader,
+    /// A grant made for an older registration epoch of the node than the one it is in now
+    /// (fencing: the coordinator that sent it has lost track of the node).
+    StaleEpoch,
     /// The metadata store failed.
     Storage,
     Internal,
@@ -315,6 +318,7 @@ impl ErrorCode {
             ErrorCode::NodeDown => 503,
             ErrorCode::BadRequest => 400,
             ErrorCode::NotLeader => 421,
+            ErrorCode::StaleEpoch => 409,
             ErrorCode::Storage | ErrorCode::Internal => 500,
         }
     }
@@ -352,6 +356,11 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<ApiError>(&json).unwrap(), e);
         assert_eq!(ErrorCode::NotYours.http_status(), 403);
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::StaleEpoch).unwrap(),
+            r#""stale_epoch""#
+        );
+        assert_eq!(ErrorCode::StaleEpoch.http_status(), 409);
     }
 
     #[test]
