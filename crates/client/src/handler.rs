@@ -409,8 +409,13 @@ impl ClientHandler {
             Op::Get | Op::ArithmeticData | Op::LogicalData => Op::AccessAckData,
             _ => Op::AccessAck,
         };
+        // A data-less AccessAck only says the write was done, and the source already names the
+        // piece: its size is not checked. ETRI's C endpoint acknowledges every PutFullData
+        // with size 0 whatever the request's size. AccessAckData must match, since its size
+        // is the amount of data it carries.
+        let size_ok = msg.size == piece.size || expected == Op::AccessAck;
         if let Some(p) = self.requests.get_mut(&request) {
-            if msg.op != expected || msg.size != piece.size {
+            if msg.op != expected || !size_ok {
                 p.error.get_or_insert(Error::Protocol(
                     "response opcode or size does not match the request",
                 ));
@@ -628,4 +633,62 @@ fn expire_waiters<A: Answer>(waiters: &mut Vec<(A, Instant)>, now: Instant) -> O
         }
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use oxmem_net::engine::{Engine, EngineConfig, Handler, Outbox};
+    use oxmem_net::mem::MemNetwork;
+    use oxmem_net::{PeerAddr, Transport};
+    use oxmem_node::{Access, Arena, Executor, Grant, Window};
+    use oxmem_wire::{Message, Op};
+
+    use crate::{Endpoint, EndpointOptions};
+
+    /// A node that acknowledges writes as ETRI's C endpoint does: AccessAck with size 0.
+    struct SizeZeroAcks(Executor<PeerAddr>);
+
+    impl Handler for SizeZeroAcks {
+        fn on_message(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
+            self.0.execute(&peer, msg, &mut |mut reply| {
+                if reply.op == Op::AccessAck {
+                    reply.size = 0;
+                }
+                let _ = out.send(peer, &reply);
+            });
+        }
+    }
+
+    #[test]
+    fn writes_acknowledged_with_size_zero_complete() {
+        let net = MemNetwork::new();
+        let transport = net.endpoint(7447, 8192);
+        let node = transport.local_addr();
+        let mut exec = Executor::new(Arena::new(1 << 16).unwrap());
+        let window = Window {
+            base: 0,
+            len: 1 << 16,
+        };
+        exec.grants_mut()
+            .add(Grant::any(window, Access::ReadWrite))
+            .unwrap();
+        let config = EngineConfig {
+            accept: true,
+            ..EngineConfig::default()
+        };
+        let _engine = Engine::spawn(transport, SizeZeroAcks(exec), config).unwrap();
+        let options = EndpointOptions {
+            max_frame: Some(528),
+            partial_writes: false,
+            ..EndpointOptions::default()
+        };
+        let ep = Endpoint::with_transport(net.endpoint(1000, 8192), node, options).unwrap();
+        for (addr, len) in [(0x100u64, 8usize), (0x200, 32), (0x305, 5), (0x400, 300)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + 1) as u8).collect();
+            ep.write(addr, &data).unwrap();
+            let mut back = vec![0u8; len];
+            ep.read(addr, &mut back).unwrap();
+            assert_eq!(back, data, "{addr:#x}+{len}");
+        }
+    }
 }
