@@ -14,6 +14,7 @@ mod client;
 mod endpoint;
 pub mod error;
 mod handler;
+pub mod pool;
 pub mod split;
 pub mod target;
 
@@ -21,6 +22,7 @@ pub use client::{Client, ClientOptions, NodeOptions};
 pub use endpoint::{Batch, Completed, Endpoint, EndpointOptions, Ticket};
 pub use error::Error;
 pub use handler::AtomicOp;
+pub use pool::{AllocOptions, Pool, PoolError, PoolOptions, Region};
 pub use target::{Target, TargetError};
 
 /// Counters of an endpoint.

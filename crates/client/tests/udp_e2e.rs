@@ -964,8 +964,6 @@ fn a_client_restarted_on_the_same_address_connects_again() {
 /// As above, but the first client dies without a word (a crash, a kill -9, a pulled cable):
 /// the node must not lock its address out for good.
 #[test]
-#[ignore = "bug: an idle connection whose peer died is never forgotten, and the node answers \
-            the peer's new Open as a duplicate of the old one (see the report)"]
 fn a_client_that_died_silently_does_not_lock_its_address_out() {
     const CAP: u64 = 1 << 20;
     let (server, addr, _) = start_node(CAP, 8192, vec![open(CAP)], None);

@@ -157,6 +157,8 @@ pub struct Connection {
     ack_deadline: Option<Instant>,
     /// The expected sequence number for which a NAK already went out.
     nak_sent_for: Option<u32>,
+    /// When the last in-order frame arrived (or the connection was created).
+    last_in_order: Instant,
 
     // Credits (spec §5), per channel A..E.
     tx_credits: [u64; 5],
@@ -229,6 +231,7 @@ impl Connection {
             ack_owed: false,
             ack_deadline: None,
             nak_sent_for: None,
+            last_in_order: now,
             tx_credits: [0; 5],
             credit_to_return: [0; 5],
             undelivered: [0; 5],
@@ -342,6 +345,11 @@ impl Connection {
     /// Messages queued by `send` and not yet framed.
     pub fn queued_messages(&self) -> usize {
         self.send_queues.iter().map(VecDeque::len).sum()
+    }
+
+    /// Time since the peer last sent an in-order frame (or since the connection was made).
+    pub fn idle_for(&self, now: Instant) -> core::time::Duration {
+        now - self.last_in_order
     }
 
     /// Bytes [`send`](Self::send) will still take before it refuses with `QueueFull`.
@@ -484,6 +492,15 @@ impl Connection {
             return Err(FrameError::WrongVariant);
         }
 
+        if header.frame_type == FrameType::Open
+            && header.seq == 0
+            && self.role == Role::Acceptor
+            && self.next_rx_seq != 0
+            && now - self.last_in_order >= self.config.dead_after / 2
+        {
+            return Err(FrameError::PeerRestarted);
+        }
+
         let arrival = seq::classify(header.seq, self.next_rx_seq);
         if header.frame_type != FrameType::AckOnly && arrival == Arrival::InOrder {
             // The peer may send only what it has credit for: a frame beyond that has no buffer
@@ -559,6 +576,7 @@ impl Connection {
             self.add_tx_credit(grant);
         }
         self.next_rx_seq = seq::add(self.next_rx_seq, 1);
+        self.last_in_order = now;
         self.rx_in_order = true;
         self.nak_sent_for = None;
 

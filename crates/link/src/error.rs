@@ -14,6 +14,14 @@ pub enum FrameError {
     /// Peer: the frame carries more flits on a channel than the credit the peer was given.
     #[error("peer exceeded its credit on channel {channel:?}")]
     CreditOverrun { channel: oxmem_wire::Channel },
+    /// Peer: an open-connection frame with sequence 0 on an accepted connection that has
+    /// heard nothing new from the peer for half of `dead_after`: the peer started over (a
+    /// restarted process on the same address). A resent open frame cannot look like this: the
+    /// peer sends nothing but its opening until the open is acknowledged, and a resent one
+    /// arrives within a retransmit timeout. The driver should replace this connection with a
+    /// fresh one and hand it the frame again.
+    #[error("peer reopened the connection")]
+    PeerRestarted,
     /// Peer: a frame of the other header variant, or a connection message the variant lacks.
     #[error("frame does not match the connection's header variant")]
     WrongVariant,

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use oxmem_link::{Config, Connection, Event, HeaderVariant, Instant, LinkError, SendError, State};
+use oxmem_link::{
+    Config, Connection, Event, FrameError, HeaderVariant, Instant, LinkError, SendError, State,
+};
 use oxmem_wire::{ByteOrder, Message};
 
 use crate::{PeerAddr, RecvBatch, Transport, Waker};
@@ -354,7 +356,7 @@ impl Runner {
                     if !self.config.accept {
                         continue;
                     }
-                    if self.peers.map.len() >= self.config.max_peers {
+                    if self.peers.map.len() >= self.config.max_peers && !self.evict_idle(now) {
                         self.stats.peers_refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -367,8 +369,20 @@ impl Runner {
                     .map
                     .get_mut(&peer)
                     .expect("present or just inserted");
-                if conn.handle_frame(now, bytes).is_err() {
-                    self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                match conn.handle_frame(now, bytes) {
+                    Ok(()) => {}
+                    Err(FrameError::PeerRestarted) => {
+                        // The peer started over on the same address: so do we. The handler
+                        // hears that the old connection ended.
+                        *conn = Connection::accept(conn.config().clone(), now);
+                        if conn.handle_frame(now, bytes).is_err() {
+                            self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        events.push((peer, Event::Closed));
+                    }
+                    Err(_) => {
+                        self.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 if conn.variant().is_none() {
                     // Not a valid first frame: keep no state for it.
@@ -459,6 +473,27 @@ impl Runner {
             idle_since = None;
         }
         Ok(())
+    }
+
+    /// Makes room in a full peer table: forgets the connection idle the longest, if it has
+    /// heard nothing for `dead_after` (a peer that left without closing). Returns whether a
+    /// slot was freed.
+    fn evict_idle(&mut self, now: Instant) -> bool {
+        let dead_after = self.peers.base.dead_after;
+        let oldest = self
+            .peers
+            .map
+            .iter()
+            .map(|(p, c)| (*p, c.idle_for(now)))
+            .filter(|(_, idle)| *idle >= dead_after)
+            .max_by_key(|(_, idle)| *idle);
+        match oldest {
+            Some((peer, _)) => {
+                self.peers.map.remove(&peer);
+                true
+            }
+            None => false,
+        }
     }
 
     fn dispatch<H: Handler>(
