@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use oxmem_link::Instant;
-use oxmem_net::engine::{Engine, EngineConfig, Handler, Outbox};
+use oxmem_net::engine::{Engine, EngineConfig, Handler, Outbox, PeerEvent};
 use oxmem_net::{PeerAddr, Transport};
 use oxmem_wire::{ByteOrder, FLIT, Message, Op, data_beats};
 
@@ -88,6 +88,13 @@ impl Handler for NodeHandler {
         let mut bytes = vec![0u8; msg.buffer_len()];
         if msg.emit(&mut bytes, ByteOrder::Memory).is_ok() {
             self.backlog.entry(peer).or_default().push_back(bytes);
+        }
+    }
+
+    fn on_peer_event(&mut self, peer: PeerAddr, event: PeerEvent, _out: &mut Outbox<'_>) {
+        if matches!(event, PeerEvent::Closed | PeerEvent::Failed(_)) {
+            // Requests of a connection that ended are not answered on a later one.
+            self.backlog.remove(&peer);
         }
     }
 
