@@ -17,6 +17,10 @@ need_apt() { # need_apt COMMAND PACKAGE
 
 # A C++ compiler builds libFuzzer for the fuzz crate.
 need_apt g++ g++
+# protoc builds etcd-client's gRPC code (oxmem-pool); etcd (3.4) is what the pool's etcd tests
+# run against (crates/pool/tests/etcd.rs, which skip without it).
+need_apt protoc protobuf-compiler
+need_apt etcd etcd-server
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
