@@ -11,9 +11,15 @@
 //!
 //! No sockets, no threads, no clock: the I/O engine in `oxmem-net` feeds parsed messages in and
 //! sends the replies out. [`fuzz`] holds the body of the executor's fuzz target.
+//!
+//! Around that core, for a node in a pool: [`server`] runs the engines over one executor,
+//! [`admin`] serves the coordinator's grant and scrub calls over HTTP ([`NodeAdmin`],
+//! [`AdminServer`]), and [`agent`] registers the node with the coordinator and heartbeats it.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod agent;
 pub mod arena;
 pub mod error;
 pub mod executor;
@@ -21,6 +27,8 @@ pub mod fuzz;
 pub mod grant;
 pub mod server;
 
+pub use admin::{AdminServer, GrantEntry, NodeAdmin, PutOutcome};
+pub use agent::{Agent, AgentConfig, AgentEvent, AgentStatus};
 pub use arena::{Arena, ArenaOptions, Backing, PageKind};
 pub use error::{Error, Result};
 pub use executor::{Counters, DeniedCounters, DenyReason, Executor, OpCounters};
