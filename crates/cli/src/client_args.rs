@@ -64,6 +64,10 @@ pub struct ClientArgs {
     /// Largest frame to send to the node, in bytes (e.g. 528 for ETRI's endpoint).
     #[arg(long)]
     pub max_frame: Option<usize>,
+    /// Largest single TileLink message in bytes, e.g. 32 for ETRI's endpoint, whose read
+    /// replies of 64 bytes or more are malformed.
+    #[arg(long, value_parser = parse_number)]
+    pub max_message: Option<u64>,
     /// Largest UDP datagram (the frame limit on udp:// targets).
     #[arg(long, default_value_t = 8192)]
     pub max_datagram: usize,
@@ -85,6 +89,7 @@ impl ClientArgs {
             connect_timeout: self.timeout,
             partial_writes: !self.no_partial_writes,
             max_frame: self.max_frame,
+            max_message: self.max_message.map(|m| m as usize),
             byte_order: self.byte_order.into(),
             faults: self.faults,
             ..EndpointOptions::default()

@@ -194,6 +194,9 @@ pub struct Connection {
     close_seq: Option<u32>,
     close_acked: bool,
     close_received: bool,
+    /// Our close went out in answer to the peer's: the handshake is complete without waiting
+    /// for its acknowledgement (some peers, ETRI's endpoint among them, never send one).
+    close_answered: bool,
 
     stats: Stats,
 }
@@ -251,6 +254,7 @@ impl Connection {
             close_seq: None,
             close_acked: false,
             close_received: false,
+            close_answered: false,
             stats: Stats::default(),
         }
     }
@@ -692,7 +696,9 @@ impl Connection {
             return;
         }
         let done = match self.variant {
-            Some(HeaderVariant::V1_1) => self.close_acked && self.close_received,
+            Some(HeaderVariant::V1_1) => {
+                self.close_received && (self.close_acked || self.close_answered)
+            }
             _ => self.queued_bytes == 0 && self.content_unacked == 0,
         };
         if done {
@@ -704,6 +710,9 @@ impl Connection {
         self.state = State::Closed;
         self.credit_deadline = None;
         self.close_deadline = None;
+        // Nothing is resent after the close: only the close itself can be outstanding here.
+        self.rto_deadline = None;
+        self.resend_cursor = None;
         self.events.push_back(Event::Closed);
     }
 
@@ -972,11 +981,19 @@ impl Connection {
         let len = self.seal(buf, len);
         match frame_type {
             FrameType::Open => self.open_seq = Some(seq),
-            FrameType::Close => self.close_seq = Some(seq),
+            FrameType::Close => {
+                self.close_seq = Some(seq);
+                if self.close_received {
+                    self.close_answered = true;
+                }
+            }
             FrameType::Normal | FrameType::AckOnly => {}
         }
         self.stats.messages_sent += messages as u64;
         self.push_sent(now, seq, frame_type, &buf[..len], true, spare);
+        if self.close_answered {
+            self.check_closed();
+        }
         Some(len)
     }
 

@@ -112,6 +112,7 @@ pub struct EngineStats {
     /// Frames from new peers beyond `max_peers`.
     pub peers_refused: AtomicU64,
     pub messages_received: AtomicU64,
+    /// Connections accepted (peers whose first frame opened a connection).
     pub peers: AtomicU64,
     /// Loop turns that ended blocked in poll(2).
     pub sleeps: AtomicU64,
@@ -352,7 +353,8 @@ impl Runner {
                 self.stats
                     .bytes_received
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if !self.peers.map.contains_key(&peer) {
+                let fresh = !self.peers.map.contains_key(&peer);
+                if fresh {
                     if !self.config.accept {
                         continue;
                     }
@@ -361,7 +363,6 @@ impl Runner {
                         continue;
                     }
                     let config = self.peers.config_for(peer);
-                    self.stats.peers.fetch_add(1, Ordering::Relaxed);
                     self.peers.map.insert(peer, Connection::accept(config, now));
                 }
                 let conn = self
@@ -388,6 +389,9 @@ impl Runner {
                     // Not a valid first frame: keep no state for it.
                     self.peers.map.remove(&peer);
                     continue;
+                }
+                if fresh {
+                    self.stats.peers.fetch_add(1, Ordering::Relaxed);
                 }
                 while let Some(e) = conn.poll_event() {
                     events.push((peer, e));
