@@ -1,6 +1,6 @@
 //! `oxmem node`: a memory expansion node.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,8 +11,10 @@ use oxmem_net::ethernet::EthernetTransport;
 use oxmem_net::fault::{FaultConfig, FaultInjector};
 use oxmem_net::udp::{UdpConfig, UdpTransport};
 use oxmem_net::{EthernetAddress, PeerAddr, Transport};
+use oxmem_node::agent::RegisterNode;
 use oxmem_node::{
-    Access, Arena, ArenaOptions, Executor, Grant, NodeServer, PageKind, Window, parse_size,
+    Access, AdminServer, Agent, AgentConfig, AgentEvent, Arena, ArenaOptions, Executor, Grant,
+    NodeAdmin, NodeServer, PageKind, Window, parse_size,
 };
 
 use crate::client_args::Order;
@@ -156,6 +158,133 @@ pub struct NodeArgs {
     /// Stop after this long (for scripts; default: run until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub run_for: Option<Duration>,
+    /// Serve the admin API (grants, scrub) for the coordinator on this address (port 0: any
+    /// free port). Default with --coordinator: 127.0.0.1:7547.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Register with this coordinator (http://HOST:PORT) and heartbeat it. Without
+    /// --open-window the node grants nothing until the coordinator pushes grants.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The node token: the coordinator presents it to the admin API and the node to the
+    /// coordinator (default: $OXMEM_NODE_TOKEN).
+    #[arg(long)]
+    pub node_token: Option<String>,
+    /// The node's stable name in the pool (needed with --coordinator).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The IP to announce to the coordinator for addresses bound to 0.0.0.0 or :: (the data
+    /// addresses and the admin URL; default 127.0.0.1).
+    #[arg(long)]
+    pub advertise: Option<IpAddr>,
+}
+
+/// Where others reach `addr`: the advertised IP in place of an unspecified one.
+fn advertised(addr: SocketAddr, advertise: Option<IpAddr>) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            advertise.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            addr.port(),
+        )
+    } else {
+        addr
+    }
+}
+
+/// The admin API and the agent, when the node is in a pool.
+struct Pooled {
+    admin: AdminServer,
+    agent: Option<Agent>,
+}
+
+fn start_pooled(
+    args: &NodeArgs,
+    server: &NodeServer,
+    locals: &[PeerAddr],
+) -> anyhow::Result<Option<Pooled>> {
+    if args.admin.is_none() && args.coordinator.is_none() {
+        return Ok(None);
+    }
+    let token = args
+        .node_token
+        .clone()
+        .or_else(|| std::env::var("OXMEM_NODE_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+        .context("--admin and --coordinator need --node-token (or $OXMEM_NODE_TOKEN)")?;
+    let addr = args
+        .admin
+        .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 7547)));
+    let admin = AdminServer::start(addr, NodeAdmin::new(server.executor().clone(), &token))
+        .with_context(|| format!("cannot serve the admin API on {addr}"))?;
+    let admin_url = format!("http://{}", advertised(admin.local_addr(), args.advertise));
+    println!(
+        "oxmem node: admin API on http://{} (announced as {admin_url})",
+        admin.local_addr()
+    );
+    let Some(coordinator) = &args.coordinator else {
+        return Ok(Some(Pooled { admin, agent: None }));
+    };
+    let name = args
+        .name
+        .clone()
+        .context("--coordinator needs --name (the node's stable name in the pool)")?;
+    let data_addrs = locals
+        .iter()
+        .map(|l| match l {
+            PeerAddr::Udp(a) => format!("udp://{}", advertised(*a, args.advertise)),
+            PeerAddr::Ethernet(m) => format!("eth/{m}"),
+        })
+        .collect();
+    let registration = RegisterNode {
+        name,
+        data_addrs,
+        admin_url,
+        capacity: args.capacity,
+    };
+    println!(
+        "oxmem node: registering with {coordinator} as {}",
+        registration.name
+    );
+    let config = AgentConfig::new(coordinator.clone(), token, registration);
+    let agent = Agent::spawn(config, admin.admin().clone(), |e| match e {
+        AgentEvent::Registered {
+            node_id,
+            epoch,
+            lease,
+            dropped,
+        } => println!(
+            "oxmem node: registered as {node_id}, epoch {epoch}, lease {} ms{}",
+            lease.lease_ms,
+            if *dropped > 0 {
+                format!(", dropped {dropped} grants of older epochs")
+            } else {
+                String::new()
+            }
+        ),
+        AgentEvent::Reconnected { node_id } => {
+            println!("oxmem node: coordinator reachable again ({node_id})")
+        }
+        AgentEvent::Forgotten { node_id } => {
+            eprintln!("oxmem node: the coordinator forgot {node_id}: registering again")
+        }
+        AgentEvent::Failed {
+            registering,
+            error,
+            retry_in,
+        } => eprintln!(
+            "oxmem node: {} failed: {error}; retrying in {retry_in:?}",
+            if *registering {
+                "registration"
+            } else {
+                "heartbeat"
+            }
+        ),
+    })
+    .context("cannot start the coordinator agent")?;
+    Ok(Some(Pooled {
+        admin,
+        agent: Some(agent),
+    }))
 }
 
 fn spawn<T: Transport>(
@@ -192,7 +321,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("grant {} to {}", g.window, g.peer))?;
     }
     if exec.grants().is_empty() {
-        eprintln!("oxmem node: no --open-window or --grant: every access will be denied");
+        if args.coordinator.is_some() || args.admin.is_some() {
+            eprintln!(
+                "oxmem node: no --open-window or --grant: access is denied until the coordinator grants it"
+            );
+        } else {
+            eprintln!("oxmem node: no --open-window or --grant: every access will be denied");
+        }
     }
 
     let mut config = EngineConfig::default();
@@ -218,6 +353,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
 
     let mut server = NodeServer::new(exec);
+    let mut locals = Vec::new();
     for l in &args.listen {
         let local = match l {
             Listen::Udp(addr) => {
@@ -239,6 +375,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             PeerAddr::Udp(a) => println!("oxmem node: listening on udp://{a}"),
             PeerAddr::Ethernet(m) => println!("oxmem node: listening on raw Ethernet, MAC {m}"),
         }
+        locals.push(local);
     }
     let pages = match backing.pages {
         PageKind::HugePages { page_size } => {
@@ -273,6 +410,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         println!("oxmem node: metrics on http://{addr}/metrics");
     }
 
+    let pooled = start_pooled(&args, &server, &locals)?;
+
     let start = std::time::Instant::now();
     loop {
         let nap = if args.stats_every.is_zero() {
@@ -292,6 +431,14 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     print_stats(&server);
+    if let Some(p) = pooled {
+        if let Some(agent) = p.agent {
+            agent.stop();
+        }
+        p.admin
+            .shutdown()
+            .context("admin API stopped with an error")?;
+    }
     server.shutdown().context("engine stopped with an error")?;
     Ok(())
 }

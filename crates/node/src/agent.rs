@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use oxmem_api::{ApiError, ErrorCode, Lease, NodeId, NodeRegistered, RegisterNode};
+use oxmem_api::{ApiError, ErrorCode, NodeRegistered};
+/// The API types the agent's callers need (re-exported so they need not depend on `oxmem-api`).
+pub use oxmem_api::{Lease, NodeId, RegisterNode};
 
 use crate::admin::NodeAdmin;
 
