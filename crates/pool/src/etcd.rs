@@ -208,6 +208,29 @@ struct Session {
     keepalive: AbortOnDrop,
 }
 
+/// A session not yet backing a term: revoked (best effort, in the background) when dropped.
+struct Candidacy(Option<Session>, Arc<Shared>);
+
+impl Candidacy {
+    fn lease(&self) -> i64 {
+        self.0.as_ref().map_or(0, |s| s.lease)
+    }
+}
+
+impl Drop for Candidacy {
+    fn drop(&mut self) {
+        let Some(session) = self.0.take() else { return };
+        drop(session.keepalive);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut client = self.1.client.clone();
+            let limit = self.1.config.request_timeout;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(limit, client.lease_revoke(session.lease)).await;
+            });
+        }
+    }
+}
+
 /// This process's part in the election of the cluster's leader.
 ///
 /// [`campaign`](Self::campaign) waits until this process leads; [`is_leader`](Self::is_leader)
@@ -330,9 +353,11 @@ impl EtcdLeadership {
             if let Some(old) = session.take() {
                 self.revoke(old).await;
             }
-            let fresh = self.start_session().await?;
-            let lease = fresh.lease;
-            *session = Some(fresh);
+            // Until the term is installed the session belongs to this future: cancelled, it
+            // revokes the lease, so that a campaign etcd decided for us just as we stopped
+            // listening cannot leave a leader that does not know it leads.
+            let mut candidacy = Candidacy(Some(self.start_session().await?), self.shared.clone());
+            let lease = candidacy.lease();
 
             let mut election = self.shared.client.election_client();
             let resp = election
@@ -349,12 +374,12 @@ impl EtcdLeadership {
                 continue;
             }
             self.shared.install(Term { leader });
+            let fresh = candidacy.0.take().expect("session held until here");
+            let finished = fresh.keepalive.0.is_finished();
+            *session = Some(fresh);
             // If the keep-alive task gave up before the term was installed, it could not
             // clear it: do it here.
-            if session
-                .as_ref()
-                .is_some_and(|s| s.keepalive.0.is_finished())
-            {
+            if finished {
                 self.shared.lose(lease);
                 continue;
             }
@@ -402,6 +427,7 @@ impl EtcdLeadership {
     async fn start_session(&self) -> Result<Session, StoreError> {
         let mut client = self.shared.client.clone();
         let config = &self.shared.config;
+        let granted = Instant::now();
         let grant = timed(
             config.request_timeout,
             client.lease_grant(config.ttl_secs(), None),
@@ -409,7 +435,7 @@ impl EtcdLeadership {
         .await?;
         let lease = grant.id();
         let ttl = Duration::from_secs(grant.ttl().max(1) as u64);
-        let task = tokio::spawn(keep_alive(self.shared.clone(), lease, ttl));
+        let task = tokio::spawn(keep_alive(self.shared.clone(), lease, ttl, granted));
         Ok(Session {
             lease,
             keepalive: AbortOnDrop(task),
@@ -433,24 +459,26 @@ impl EtcdLeadership {
 /// Keeps `lease` alive every third of its TTL; while it backs the current term, also checks
 /// that the election key is still there. Gives up, and clears the term, when the lease has
 /// expired (or no keep-alive got through for a whole TTL) or the key is gone.
-async fn keep_alive(shared: Arc<Shared>, lease: i64, ttl: Duration) {
+///
+/// `granted` is when the lease was asked for: it expires at the latest one TTL after the last
+/// keep-alive that got through was sent.
+async fn keep_alive(shared: Arc<Shared>, lease: i64, ttl: Duration, granted: Instant) {
     let interval = ttl / 3;
-    let mut last_ok = Instant::now();
+    let mut last_ok = granted;
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
-        match tokio::time::timeout(
-            interval,
-            keep_alive_once(&shared.client, &mut stream, lease),
-        )
-        .await
-        {
-            Ok(Ok(remaining)) if remaining > 0 => last_ok = Instant::now(),
+        let sent = Instant::now();
+        let once = keep_alive_once(&shared.client, &mut stream, lease);
+        match tokio::time::timeout(interval, once).await {
+            Ok(Ok(remaining)) if remaining > 0 => last_ok = sent,
             Ok(Ok(_)) => break, // expired
             _ => {
-                stream = None; // reconnect next time
+                stream = None; // reconnect, soon
                 if last_ok.elapsed() >= ttl {
                     break;
                 }
+                tokio::time::sleep(interval / 4).await;
+                continue;
             }
         }
         if let Some(term) = shared.current().filter(|t| t.lease() == lease) {

@@ -389,3 +389,26 @@ async fn resign_hands_over_and_a_lost_key_is_noticed() {
     b.resign().await.unwrap();
     assert_eq!(a.leader().await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_campaign_withdraws() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let a = etcd.leadership("cancel").await;
+    let b = etcd.leadership("cancel").await;
+    let c = etcd.leadership("cancel").await;
+    a.campaign("a").await.unwrap();
+    // b gives up waiting.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), b.campaign("b")).await;
+    assert!(gave_up.is_err());
+    a.resign().await.unwrap();
+    // b is not leader behind its own back: nobody leads, and c wins at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.leader().await.unwrap(), None);
+    within(Duration::from_secs(1), "c wins", c.campaign("c"))
+        .await
+        .unwrap();
+    assert!(!b.is_leader());
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("c"));
+}
