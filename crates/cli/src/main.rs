@@ -6,6 +6,7 @@ mod client_args;
 mod decode;
 mod node;
 mod rw;
+mod status;
 
 use std::fs::File;
 use std::io::{self, BufReader, Write};
@@ -48,6 +49,8 @@ enum Command {
     /// A UDP echo for the bench's ping-pong baseline on another host.
     #[command(hide = true)]
     BenchEcho(bench::baselines::EchoArgs),
+    /// Show the pool: nodes, tenants, regions, degraded stripes.
+    Status(status::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => rw::read(args),
         Command::Write(args) => rw::write(args),
         Command::Bench(args) => bench::run(args),
+        Command::Status(args) => status::run(args),
         Command::BenchEcho(args) => bench::baselines::run_echo(&args),
     }
 }
