@@ -1010,3 +1010,42 @@ async fn a_store_that_lost_leadership_gets_not_leader_answers() {
         ErrorCode::NotLeader
     );
 }
+
+#[test]
+fn openapi_describes_every_route_and_error_code() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    for route in [
+        "/v1/nodes:",
+        "/v1/nodes/{id}/heartbeat:",
+        "/v1/tenants:",
+        "/v1/sessions:",
+        "/v1/sessions/{id}/heartbeat:",
+        "/v1/sessions/{id}:",
+        "/v1/regions:",
+        "/v1/regions/{id}:",
+        "/v1/status:",
+        "/metrics:",
+    ] {
+        assert!(doc.contains(&format!("  {route}\n")), "{route} missing");
+    }
+    for code in [
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotYours,
+        ErrorCode::OutOfCapacity,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::UnknownRegion,
+        ErrorCode::UnknownNode,
+        ErrorCode::UnknownSession,
+        ErrorCode::UnknownTenant,
+        ErrorCode::NodeDown,
+        ErrorCode::BadRequest,
+        ErrorCode::NotLeader,
+        ErrorCode::Storage,
+        ErrorCode::Internal,
+    ] {
+        let name = serde_json::to_value(code).unwrap();
+        assert!(doc.contains(name.as_str().unwrap()), "{code:?} missing");
+    }
+}
