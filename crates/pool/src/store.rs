@@ -53,12 +53,18 @@ impl MemoryStore {
 
 impl MetadataStore for MemoryStore {
     async fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let map = self.map.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        let map = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?;
         Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        let mut map = self.map.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?;
         for c in changes {
             match c {
                 Change::Put { key, value } => {
