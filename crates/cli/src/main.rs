@@ -3,6 +3,7 @@
 mod bench;
 mod capture;
 mod client_args;
+mod coord;
 mod decode;
 mod node;
 mod rw;
@@ -24,7 +25,7 @@ use crate::decode::{Options, RunError};
 #[derive(Debug, Parser)]
 #[command(name = "oxmem", version)]
 #[command(after_help = "\
-The coordinator, the pool and the LLM demo (coord, up, status, demo) come later.")]
+The LLM demo (demo) comes later.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,6 +52,10 @@ enum Command {
     BenchEcho(bench::baselines::EchoArgs),
     /// Show the pool: nodes, tenants, regions, degraded stripes.
     Status(status::StatusArgs),
+    /// Run the coordinator: nodes, tenants, regions, grants and leases over HTTP/JSON.
+    Coord(coord::CoordArgs),
+    /// Start a whole pool on this machine: a coordinator and N memory nodes on loopback.
+    Up(coord::UpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +103,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Write(args) => rw::write(args),
         Command::Bench(args) => bench::run(args),
         Command::Status(args) => status::run(args),
+        Command::Coord(args) => coord::coord(args),
+        Command::Up(args) => coord::up(args),
         Command::BenchEcho(args) => bench::baselines::run_echo(&args),
     }
 }

@@ -117,6 +117,16 @@ impl Client {
         Self::with_faults(transport, options)
     }
 
+    /// A client on a UDP socket bound to `addr` (port 0 for any). Bind to the IP the nodes
+    /// will see, not a wildcard, when the address goes into grants (pools do this).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the socket cannot be opened.
+    pub fn udp_at(addr: std::net::SocketAddr, options: ClientOptions) -> Result<Client, Error> {
+        let transport = UdpTransport::bind_with(addr, options.udp)?;
+        Self::with_faults(transport, options)
+    }
+
     /// A client on raw Ethernet interface `interface` (needs root or CAP_NET_RAW).
     ///
     /// # Errors

@@ -62,6 +62,9 @@ pub struct PoolOptions {
     pub node: NodeOptions,
     /// Use raw Ethernet on this interface instead of UDP.
     pub ethernet: Option<String>,
+    /// The local IP to bind the UDP socket to: the address nodes will see and grant. Default:
+    /// the one this host uses to reach the coordinator.
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 /// Options of one allocation.
@@ -143,6 +146,31 @@ fn pick_addr(client: &Client, addrs: &[String]) -> Option<PeerAddr> {
         .find_map(|a| parse_peer(a).filter(|p| matches!(p, PeerAddr::Udp(_)) == want_udp))
 }
 
+/// The local IP this host uses to reach the host of `url` (no packet is sent: a UDP socket
+/// is connected and asked for its address).
+fn local_ip_towards(url: &str) -> Result<std::net::IpAddr, PoolError> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let target = hostport
+        .to_socket_addrs()
+        .map_err(|e| PoolError::Http(format!("{url}: {e}")))?
+        .next()
+        .ok_or_else(|| PoolError::Http(format!("{url}: no address")))?;
+    let any: std::net::SocketAddr = if target.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .expect("literal");
+    let s = UdpSocket::bind(any).map_err(|e| PoolError::Http(e.to_string()))?;
+    s.connect(target)
+        .map_err(|e| PoolError::Http(e.to_string()))?;
+    Ok(s.local_addr()
+        .map_err(|e| PoolError::Http(e.to_string()))?
+        .ip())
+}
+
 /// Parses `udp://IP:PORT` or `eth/MAC`.
 pub fn parse_peer(s: &str) -> Option<PeerAddr> {
     if let Some(a) = s.strip_prefix("udp://") {
@@ -177,7 +205,13 @@ impl Pool {
     pub fn connect(url: &str, token: &str, options: PoolOptions) -> Result<Pool, PoolError> {
         let client = match &options.ethernet {
             Some(iface) => Client::ethernet(iface, options.client.clone())?,
-            None => Client::udp(false, options.client.clone())?,
+            None => {
+                let ip = match options.bind_ip {
+                    Some(ip) => ip,
+                    None => local_ip_towards(url)?,
+                };
+                Client::udp_at(std::net::SocketAddr::new(ip, 0), options.client.clone())?
+            }
         };
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(10))

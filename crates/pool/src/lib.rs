@@ -88,6 +88,8 @@ pub struct CoordinatorConfig {
     pub max_stripes: u64,
     /// Most copies of a stripe (default 8).
     pub max_replicas: u32,
+    /// Copies of a stripe when an allocation names no number (default 1).
+    pub default_replicas: u32,
     /// Alignment of extents on nodes, a power of two (default 4096).
     pub align: u64,
     /// Period of the lease checker (default: a quarter of the shorter lease, 10 ms to 1 s).
@@ -112,6 +114,7 @@ impl CoordinatorConfig {
             max_stripe: 1 << 30,
             max_stripes: 1 << 16,
             max_replicas: 8,
+            default_replicas: 1,
             align: 4096,
             tick: None,
             repair_backoff: Duration::from_secs(1),

@@ -197,6 +197,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             max_stripe: config.max_stripe,
             max_stripes: config.max_stripes,
             max_replicas: config.max_replicas,
+            default_replicas: config.default_replicas,
         };
         if !limits.align.is_power_of_two()
             || limits.default_stripe == 0

@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_stripes: u64,
     /// Most copies of a stripe.
     pub max_replicas: u32,
+    /// Copies of a stripe when a request names no number.
+    pub default_replicas: u32,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             max_stripe: 1 << 30,
             max_stripes: 1 << 16,
             max_replicas: 8,
+            default_replicas: 1,
         }
     }
 }
@@ -997,7 +1000,7 @@ impl State {
         if req.bytes == 0 {
             return Err(err(ErrorCode::BadRequest, "bytes must be positive"));
         }
-        let replicas = req.replicas.unwrap_or(1);
+        let replicas = req.replicas.unwrap_or(l.default_replicas);
         if replicas == 0 || replicas > l.max_replicas {
             return Err(err(
                 ErrorCode::BadRequest,
