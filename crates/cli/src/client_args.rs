@@ -69,7 +69,7 @@ pub struct ClientArgs {
     #[arg(long, value_parser = parse_number)]
     pub max_message: Option<u64>,
     /// Largest UDP datagram (the frame limit on udp:// targets).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = oxmem_net::udp::MAX_DATAGRAM)]
     pub max_datagram: usize,
     /// Write unaligned edges with PutFullData pieces instead of PutPartialData (for nodes
     /// that lack PutPartialData).

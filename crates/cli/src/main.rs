@@ -56,6 +56,8 @@ enum Command {
     Coord(coord::CoordArgs),
     /// Start a whole pool on this machine: a coordinator and N memory nodes on loopback.
     Up(coord::UpArgs),
+    /// Compare reading a region striped over all nodes with one on a single node.
+    BenchPool(bench::pool::PoolBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Coord(args) => coord::coord(args),
         Command::Up(args) => coord::up(args),
+        Command::BenchPool(args) => bench::pool::run(args),
         Command::BenchEcho(args) => bench::baselines::run_echo(&args),
     }
 }

@@ -135,7 +135,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub mlock: bool,
     /// Largest UDP datagram to send and receive.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = oxmem_net::udp::MAX_DATAGRAM)]
     pub max_datagram: usize,
     /// Largest frame to send to one peer: PEER=BYTES (ETRI's endpoint takes about 528).
     #[arg(long, value_parser = parse_peer_value::<usize>)]

@@ -45,7 +45,9 @@ pub const MAX_DATAGRAM: usize = 65_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpConfig {
     /// Largest datagram sent or expected, CRC trailer included; the TLoE frame may be 4 bytes
-    /// less. Default 8192; at most [`MAX_DATAGRAM`].
+    /// less. Default [`MAX_DATAGRAM`]: OmniXtend has no way to tell a peer the largest frame it
+    /// takes, so both ends of a UDP path must agree, and the largest is what loopback and
+    /// jumbo-less paths (by IP fragmentation) both carry. At most [`MAX_DATAGRAM`].
     pub max_datagram: usize,
     /// Socket receive and send buffer to ask for, in bytes. Default 8 MiB. The kernel caps
     /// it at `net.core.rmem_max`/`wmem_max` unless the process has CAP_NET_ADMIN.
@@ -55,7 +57,7 @@ pub struct UdpConfig {
 impl Default for UdpConfig {
     fn default() -> Self {
         UdpConfig {
-            max_datagram: 8192,
+            max_datagram: MAX_DATAGRAM,
             socket_buffer: 8 << 20,
         }
     }

@@ -126,7 +126,11 @@ fn wait_returns_when_a_datagram_arrives() {
 fn link_params_leave_room_for_the_crc_trailer() {
     let t = loopback();
     let p = t.link_params();
-    assert_eq!(p.max_frame, 8192 - 4);
+    assert_eq!(
+        p.max_frame,
+        oxmem_net::udp::MAX_DATAGRAM - 4,
+        "the default is the largest datagram"
+    );
     assert_eq!(p.min_frame, 0);
     assert_eq!(p.integrity, Integrity::Crc32);
 

@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod plot;
+pub mod pool;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
