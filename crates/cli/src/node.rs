@@ -480,6 +480,23 @@ fn describe_metrics() {
         "oxmem_node_peers_refused_total",
         "Frames from new peers beyond the peer limit"
     );
+    describe_counter!(
+        "oxmem_node_retransmitted_frames_total",
+        "Frames resent by go-back-N"
+    );
+    describe_counter!(
+        "oxmem_node_retransmit_timeouts_total",
+        "Retransmit timer expiries"
+    );
+    describe_counter!("oxmem_node_naks_received_total", "NAKs received from peers");
+    describe_counter!(
+        "oxmem_node_credit_stalls_total",
+        "Times framing stopped for lack of credit"
+    );
+    describe_counter!(
+        "oxmem_node_duplicate_frames_total",
+        "Duplicate frames received"
+    );
     describe_gauge!(
         "oxmem_node_capacity_bytes",
         Unit::Bytes,
@@ -533,8 +550,18 @@ fn publish_metrics(server: &NodeServer) {
             .absolute(s.frames_sent.load(Relaxed));
         counter!("oxmem_node_frames_refused_total", "transport" => t.clone())
             .absolute(s.frames_refused.load(Relaxed));
-        counter!("oxmem_node_peers_refused_total", "transport" => t)
+        counter!("oxmem_node_peers_refused_total", "transport" => t.clone())
             .absolute(s.peers_refused.load(Relaxed));
+        counter!("oxmem_node_retransmitted_frames_total", "transport" => t.clone())
+            .absolute(s.retransmitted_frames.load(Relaxed));
+        counter!("oxmem_node_retransmit_timeouts_total", "transport" => t.clone())
+            .absolute(s.retransmit_timeouts.load(Relaxed));
+        counter!("oxmem_node_naks_received_total", "transport" => t.clone())
+            .absolute(s.naks_received.load(Relaxed));
+        counter!("oxmem_node_credit_stalls_total", "transport" => t.clone())
+            .absolute(s.credit_stalls.load(Relaxed));
+        counter!("oxmem_node_duplicate_frames_total", "transport" => t)
+            .absolute(s.duplicates_received.load(Relaxed));
         peers += s.peers.load(Relaxed);
     }
     gauge!("oxmem_node_peers").set(peers as f64);

@@ -116,6 +116,32 @@ pub struct EngineStats {
     pub peers: AtomicU64,
     /// Loop turns that ended blocked in poll(2).
     pub sleeps: AtomicU64,
+    /// Link-layer totals over every connection, ended ones included (refreshed every 100 ms).
+    pub retransmitted_frames: AtomicU64,
+    pub retransmit_timeouts: AtomicU64,
+    pub naks_received: AtomicU64,
+    pub credit_stalls: AtomicU64,
+    pub duplicates_received: AtomicU64,
+}
+
+/// Link counters of ended connections, kept so totals never go backwards.
+#[derive(Debug, Default, Clone, Copy)]
+struct LinkTotals {
+    retransmitted: u64,
+    timeouts: u64,
+    naks: u64,
+    stalls: u64,
+    duplicates: u64,
+}
+
+impl LinkTotals {
+    fn add(&mut self, s: &oxmem_link::Stats) {
+        self.retransmitted += s.frames_retransmitted;
+        self.timeouts += s.retransmit_timeouts;
+        self.naks += s.naks_received;
+        self.stalls += s.credit_stalls;
+        self.duplicates += s.duplicates_received;
+    }
 }
 
 /// Lets the handler send messages and manage connections.
@@ -334,6 +360,8 @@ impl Runner {
         let mut idle_since: Option<std::time::Instant> = None;
         self.waker.disarm();
         let mut armed = false;
+        let mut ended_totals = LinkTotals::default();
+        let mut last_publish = std::time::Instant::now();
         let mut handler_due: Option<Instant>;
 
         while !self.stop.load(Ordering::Acquire) {
@@ -440,10 +468,31 @@ impl Runner {
             }
             flush(transport, &out_bufs, &mut out_meta, &self.stats)?;
 
-            // Forget connections that ended (a new first frame starts a fresh one).
-            self.peers
-                .map
-                .retain(|_, c| !matches!(c.state(), State::Closed | State::Failed));
+            // Forget connections that ended (a new first frame starts a fresh one), keeping
+            // their counters.
+            let ended = &mut ended_totals;
+            self.peers.map.retain(|_, c| {
+                let keep = !matches!(c.state(), State::Closed | State::Failed);
+                if !keep {
+                    ended.add(c.stats());
+                }
+                keep
+            });
+            if last_publish.elapsed() >= Duration::from_millis(100) {
+                last_publish = std::time::Instant::now();
+                let mut t = ended_totals;
+                for c in self.peers.map.values() {
+                    t.add(c.stats());
+                }
+                let st = &self.stats;
+                st.retransmitted_frames
+                    .store(t.retransmitted, Ordering::Relaxed);
+                st.retransmit_timeouts.store(t.timeouts, Ordering::Relaxed);
+                st.naks_received.store(t.naks, Ordering::Relaxed);
+                st.credit_stalls.store(t.stalls, Ordering::Relaxed);
+                st.duplicates_received
+                    .store(t.duplicates, Ordering::Relaxed);
+            }
 
             // 5. Idle: spin briefly, then block until a frame, a timer or a wake. Other threads
             // wake us with a syscall only while the waker is armed; so arm it, take one more
