@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oxmem_api::{
     AllocRequest, ApiError, ErrorCode, Lease, NodeAddr, OpenSession, RegionHealth, RegionId,
@@ -274,6 +274,7 @@ impl Pool {
             pool: self.inner.clone(),
             info: Mutex::new(info),
             freed: false,
+            write_refreshed: Mutex::new(None),
         })
     }
 
@@ -320,7 +321,15 @@ pub struct Region {
     pool: Arc<Inner>,
     info: Mutex<RegionInfo>,
     freed: bool,
+    /// When a failed write last asked the coordinator for the placement.
+    write_refreshed: Mutex<Option<Instant>>,
 }
+
+/// How often failed writes may ask the coordinator where the stripes are.
+const WRITE_REFRESH_EVERY: Duration = Duration::from_millis(200);
+
+/// A copy of a stripe: its node and the address of its first byte there.
+type CopyAddr = (PeerAddr, u64);
 
 /// A piece of a transfer inside one stripe.
 #[derive(Debug, Clone, Copy)]
@@ -429,52 +438,67 @@ impl Region {
     /// [`PoolError::OutOfRange`], or the data-path error when no copy of a stripe answers.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
         let spans = self.spans(offset, buf.len())?;
-        let mut pending: Vec<(Span, usize, Ticket)> = Vec::with_capacity(spans.len());
+        // Each span with the copies tried so far (the one under way last).
+        let mut pending: Vec<(Span, Vec<CopyAddr>, Ticket)> = Vec::with_capacity(spans.len());
         for s in &spans {
-            pending.push(self.start_read_copy(*s, 0)?);
+            let (copy, ticket) = self.start_read_copy(*s, &[])?;
+            pending.push((*s, vec![copy], ticket));
         }
         let mut refreshed = false;
-        while let Some((span, copy, ticket)) = pending.pop() {
+        while let Some((span, mut tried, ticket)) = pending.pop() {
             match ticket.wait() {
                 Ok(Completed::Read(data)) => {
                     buf[span.at..span.at + span.len].copy_from_slice(&data)
                 }
                 Ok(_) => return Err(Error::Protocol("reply kind").into()),
-                Err(e @ Error::Denied { .. }) if copy + 1 >= self.copies(span.stripe).len() => {
-                    return Err(e.into());
-                }
                 Err(e) => {
-                    // That copy failed: try the next one, after learning the latest placement.
+                    // That copy failed: try one not tried yet, after learning the latest
+                    // placement. (Copies are picked by address, not by position: a refresh
+                    // reorders them, healthy first, and drops the replaced ones.)
                     if !refreshed {
                         let _ = self.refresh();
                         refreshed = true;
                     }
-                    if copy + 1 >= self.copies(span.stripe).len() {
-                        return Err(e.into());
+                    match self.start_read_copy(span, &tried) {
+                        Ok((copy, ticket)) => {
+                            tried.push(copy);
+                            pending.push((span, tried, ticket));
+                        }
+                        Err(PoolError::NoCopy { .. }) => return Err(e.into()),
+                        Err(other) => return Err(other),
                     }
-                    pending.push(self.start_read_copy(span, copy + 1)?);
                 }
             }
         }
         Ok(())
     }
 
-    fn start_read_copy(&self, span: Span, copy: usize) -> Result<(Span, usize, Ticket), PoolError> {
-        let copies = self.copies(span.stripe);
-        let &(peer, base) = copies.get(copy).ok_or(PoolError::NoCopy {
-            stripe: span.stripe as u64,
-        })?;
+    /// Starts reading `span` from its first copy (healthy ones first) not in `tried`.
+    fn start_read_copy(
+        &self,
+        span: Span,
+        tried: &[CopyAddr],
+    ) -> Result<(CopyAddr, Ticket), PoolError> {
+        let (peer, base) = self
+            .copies(span.stripe)
+            .into_iter()
+            .find(|c| !tried.contains(c))
+            .ok_or(PoolError::NoCopy {
+                stripe: span.stripe as u64,
+            })?;
         let t = self
             .pool
             .client
             .start_read(peer, base + span.within, span.len)?;
-        Ok((span, copy, t))
+        Ok(((peer, base), t))
     }
 
     /// Writes `data` at `offset`, to every copy of every stripe touched, all at once.
     ///
     /// # Errors
-    /// The first error of any copy: the write may then be applied to some copies only.
+    /// The first error of any copy: the write may then be applied to some copies only. A
+    /// failed write also asks the coordinator for the latest placement, so that once a lost
+    /// copy has been replaced, the next writes go to the new one.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
         let spans = self.spans(offset, data.len())?;
         let mut tickets = Vec::new();
@@ -500,9 +524,29 @@ impl Region {
             }
         }
         match first_error {
-            Some(e) => Err(e.into()),
+            Some(e) => {
+                // A copy failed: its node may be down and the stripe copied elsewhere. Learn
+                // the placement now (at most every `WRITE_REFRESH_EVERY`), or a client that
+                // only writes would keep writing to the dead copy, and failing, forever.
+                self.refresh_after_write_error();
+                Err(e.into())
+            }
             None => Ok(()),
         }
+    }
+
+    fn refresh_after_write_error(&self) {
+        {
+            let mut last = self
+                .write_refreshed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < WRITE_REFRESH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let _ = self.refresh();
     }
 
     /// Applies an atomic operation to the `width`-byte integer at `offset` on every copy, in
