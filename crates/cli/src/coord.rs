@@ -383,6 +383,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 "--name",
                 &format!("node{i}"),
             ])
+            .args(["--exit-with-parent", &std::process::id().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -158,6 +158,10 @@ pub struct NodeArgs {
     /// Stop after this long (for scripts; default: run until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub run_for: Option<Duration>,
+    /// Stop when process PID is gone (`oxmem up` passes its own, so its nodes never outlive
+    /// it, however it ends).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: Option<u32>,
     /// Serve the admin API (grants, scrub) for the coordinator on this address (port 0: any
     /// free port). Default with --coordinator: 127.0.0.1:7547.
     #[arg(long)]
@@ -426,7 +430,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         if args.metrics.is_some() {
             publish_metrics(&server);
         }
-        if args.run_for.is_some_and(|d| start.elapsed() >= d) {
+        let parent_gone = args
+            .exit_with_parent
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if parent_gone || args.run_for.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
     }
