@@ -406,7 +406,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
 
     if let Some(addr) = args.metrics {
+        let buckets = [
+            1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3, 1e-2,
+        ];
         metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("oxmem_node_service_seconds".into()),
+                &buckets,
+            )
+            .context("metrics buckets")?
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
@@ -508,6 +516,11 @@ fn describe_metrics() {
         "oxmem_node_capacity_bytes",
         Unit::Bytes,
         "Memory the node exports"
+    );
+    metrics::describe_histogram!(
+        "oxmem_node_service_seconds",
+        Unit::Seconds,
+        "Time to execute a request and queue its answer"
     );
     describe_gauge!("oxmem_node_peers", "Peers that have connected");
 }

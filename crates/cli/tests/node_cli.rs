@@ -220,3 +220,65 @@ fn a_node_stops_by_itself_after_run_for_and_reports_its_counters() {
         "final counters count the write: {last:?}"
     );
 }
+
+/// The value of the first sample of `name` (with any labels) in Prometheus text.
+fn sample(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name) && l.contains(label))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}{{{label}}} in\n{text}"))
+}
+
+#[test]
+fn metrics_count_requests_denials_and_service_time() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (node, target) = start_node(&[
+        "--open-window",
+        "0:1MiB",
+        "--metrics",
+        &metrics,
+        "--run-for",
+        "20s",
+    ]);
+    write(&target, 0x40, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(read(&target, 0x40, 8), [1, 2, 3, 4, 5, 6, 7, 8]);
+    let denied = client("read", &target, &["--addr", "0x200000", "--len", "8"]);
+    assert!(!run(denied, LIMIT).status.success());
+    // The node copies its counters into the registry every 200 ms.
+    std::thread::sleep(Duration::from_millis(600));
+    let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(
+        sample(&text, "oxmem_node_requests_total", "op=\"get\""),
+        2.0,
+        "one granted, one denied Get"
+    );
+    assert_eq!(
+        sample(&text, "oxmem_node_requests_total", "op=\"put_full_data\""),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "oxmem_node_denied_total", "reason=\"no_grant\""),
+        1.0
+    );
+    assert_eq!(sample(&text, "oxmem_node_read_bytes_total", ""), 8.0);
+    assert_eq!(sample(&text, "oxmem_node_written_bytes_total", ""), 8.0);
+    assert_eq!(
+        sample(&text, "oxmem_node_service_seconds_count", ""),
+        3.0,
+        "every request timed"
+    );
+    assert!(
+        text.contains("oxmem_node_service_seconds_bucket"),
+        "a real histogram:\n{text}"
+    );
+    assert!(sample(&text, "oxmem_node_frames_received_total", "transport") > 0.0);
+    drop(node);
+}

@@ -47,6 +47,8 @@ impl NodeHandler {
     }
 
     fn run(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
+        let start = std::time::Instant::now();
+        let _timer = ServiceTimer(start);
         let mut exec = lock(&self.executor);
         let unsent = &mut self.unsent;
         exec.execute(&peer, msg, &mut |reply| {
@@ -54,6 +56,16 @@ impl NodeHandler {
                 *unsent += 1;
             }
         });
+    }
+}
+
+/// Records a request's service time (execution and queueing of the answer) when dropped, in
+/// the `oxmem_node_service_seconds` histogram (a no-op unless a metrics recorder is installed).
+struct ServiceTimer(std::time::Instant);
+
+impl Drop for ServiceTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("oxmem_node_service_seconds").record(self.0.elapsed().as_secs_f64());
     }
 }
 

@@ -44,7 +44,20 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Request latencies as a real histogram (Prometheus buckets), from 100 µs to 10 s.
+            let buckets = [
+                1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.0, 10.0,
+            ];
+            let builder = PrometheusBuilder::new();
+            let builder = builder
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "oxmem_coord_request_seconds".into(),
+                    ),
+                    &buckets,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             let _ = metrics::set_global_recorder(recorder);
             handle
@@ -675,7 +688,14 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
 async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().to_string();
+    let start = std::time::Instant::now();
     let resp = next.run(req).await;
+    metrics::histogram!(
+        "oxmem_coord_request_seconds",
+        "method" => method.clone(),
+        "route" => route.clone()
+    )
+    .record(start.elapsed().as_secs_f64());
     metrics::counter!(
         "oxmem_coord_requests_total",
         "method" => method,
