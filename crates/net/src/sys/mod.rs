@@ -129,6 +129,81 @@ pub use udp::{recv_one_udp, send_gso_udp, send_one_udp};
 /// amortising the syscall over many frames.
 pub const MMSG_BATCH: usize = 64;
 
+/// A C socket address that recvmmsg(2) can fill in, and for which all-zero bytes are a valid
+/// value. Implemented only for the plain C structs below.
+pub(crate) trait RawSockAddr: Copy {}
+impl RawSockAddr for libc::sockaddr_ll {}
+impl RawSockAddr for libc::sockaddr_storage {}
+
+/// What one [`recvmmsg_raw`] received: `count` messages, message `i` in `bufs[i]`, its
+/// header (length, flags, address length) in `hdrs[i]` and its source in `names[i]`. The
+/// headers' pointers refer to the call's own iovecs and must not be followed.
+pub(crate) struct RawRecv<A> {
+    pub count: usize,
+    pub hdrs: [libc::mmsghdr; MMSG_BATCH],
+    pub names: [A; MMSG_BATCH],
+}
+
+/// Receives up to `min(bufs.len(), limit, MMSG_BATCH)` messages with one non-blocking
+/// recvmmsg(2), message `i` into `bufs[i]` (its whole length).
+///
+/// # Errors
+/// Errors of recvmmsg(2) other than EAGAIN (which gives 0 messages) and EINTR (retried).
+pub(crate) fn recvmmsg_raw<A: RawSockAddr>(
+    fd: RawFd,
+    bufs: &mut [Vec<u8>],
+    limit: usize,
+) -> io::Result<RawRecv<A>> {
+    let n = bufs.len().min(limit).min(MMSG_BATCH);
+    // SAFETY: all-zero bytes are valid values of these plain C structs (`RawSockAddr` is only
+    // implemented for such structs).
+    let mut out: RawRecv<A> = RawRecv {
+        count: 0,
+        hdrs: unsafe { std::mem::zeroed() },
+        names: unsafe { std::mem::zeroed() },
+    };
+    if n == 0 {
+        return Ok(out);
+    }
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        let h = &mut out.hdrs[i].msg_hdr;
+        h.msg_name = (&raw mut out.names[i]).cast();
+        h.msg_namelen = std::mem::size_of::<A>() as libc::socklen_t;
+        h.msg_iov = &raw mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: `out.hdrs[..n]` point at `out.names[i]` (with its full size) and at
+        // `bufs[i]` (with its full length), all exclusively borrowed and alive for the call;
+        // the kernel writes within those bounds. A null timeout is allowed.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                out.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r >= 0 {
+            out.count = r as usize;
+            return Ok(out);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => return Ok(out),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Sets an integer socket option.
 ///
 /// # Errors

@@ -177,59 +177,16 @@ pub fn recvmmsg_udp(
     bufs: &mut [Vec<u8>],
     meta: &mut [UdpRecvMeta],
 ) -> io::Result<usize> {
-    let n = bufs.len().min(meta.len()).min(MMSG_BATCH);
-    if n == 0 {
-        return Ok(0);
-    }
-    // SAFETY: all-zero bytes are valid values of these plain C structs.
-    let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut iovs: [libc::iovec; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut names: [libc::sockaddr_storage; MMSG_BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..n {
-        iovs[i] = libc::iovec {
-            iov_base: bufs[i].as_mut_ptr().cast(),
-            iov_len: bufs[i].len(),
-        };
-        let h = &mut hdrs[i].msg_hdr;
-        h.msg_name = (&raw mut names[i]).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        h.msg_iov = &raw mut iovs[i];
-        h.msg_iovlen = 1;
-    }
-    let r = loop {
-        // SAFETY: `hdrs[..n]` point at `names[i]` (with its full size) and at `bufs[i]` (with
-        // its full length), all exclusively borrowed and alive for the call; the kernel writes
-        // within those bounds. A null timeout is allowed.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock => return Ok(0),
-            _ => return Err(e),
-        }
-    };
-    for i in 0..r {
-        let h = &hdrs[i];
+    let got = super::recvmmsg_raw::<libc::sockaddr_storage>(fd, bufs, meta.len())?;
+    for i in 0..got.count {
+        let h = &got.hdrs[i];
         meta[i] = UdpRecvMeta {
             len: (h.msg_len as usize).min(bufs[i].len()),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            from: read_sockaddr(&names[i], h.msg_hdr.msg_namelen),
+            from: read_sockaddr(&got.names[i], h.msg_hdr.msg_namelen),
         };
     }
-    Ok(r)
+    Ok(got.count)
 }
 
 /// One sendto(2), for measuring against [`sendmmsg_udp`].
