@@ -68,23 +68,34 @@ fn copy_blocking(client: &Client, from: &CopyEnd, to: &CopyEnd, len: u64) -> Res
         .connect(dst, NodeOptions::default())
         .map_err(|e| err("connect to target", e))?;
     const CHUNK: u64 = 1 << 20;
-    let mut done = 0u64;
-    while done < len {
-        let n = CHUNK.min(len - done) as usize;
-        let data = match client
-            .start_read(src, from.address + done, n)
-            .and_then(|t| t.wait())
-        {
-            Ok(oxmem_client::Completed::Read(d)) => d,
-            Ok(_) => return Err(MoveError("unexpected reply".into())),
-            Err(e) => return Err(err("read", e)),
-        };
-        client
-            .write(dst, to.address + done, &data)
-            .map_err(|e| err("write", e))?;
-        done += n as u64;
+    let read = |peer, address, n| match client.start_read(peer, address, n).and_then(|t| t.wait()) {
+        Ok(oxmem_client::Completed::Read(d)) => Ok(d),
+        Ok(_) => Err(MoveError("unexpected reply".into())),
+        Err(e) => Err(err("read", e)),
+    };
+    // Clients that know the new copy write to both ends while this runs, so a chunk copied
+    // before such a write could carry stale bytes over it. After the copy, compare the two
+    // ends chunk by chunk and copy again what differs, until a whole pass finds them equal.
+    for pass in 0..8 {
+        let mut differed = 0u64;
+        let mut done = 0u64;
+        while done < len {
+            let n = CHUNK.min(len - done) as usize;
+            let data = read(src, from.address + done, n)?;
+            let stale = pass == 0 || read(dst, to.address + done, n)? != data;
+            if stale {
+                client
+                    .write(dst, to.address + done, &data)
+                    .map_err(|e| err("write", e))?;
+                differed += 1;
+            }
+            done += n as u64;
+        }
+        if pass > 0 && differed == 0 {
+            return Ok(());
+        }
     }
-    Ok(())
+    Err(MoveError("the copies kept differing after 8 passes".into()))
 }
 
 impl DataMover for ClientMover {
