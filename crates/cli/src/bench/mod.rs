@@ -370,7 +370,7 @@ fn suite_plan() -> Vec<(BenchOp, u64, usize)> {
     }
     for op in [BenchOp::Read, BenchOp::Write] {
         for size in [4096u64, 65536, 1 << 20, 4 << 20] {
-                        for depth in [1, 2, 4, 8, 32] {
+            for depth in [1, 2, 4, 8, 32] {
                 // Large transfers fill the path at a few in flight; small ones need depth.
                 if (size >= 1 << 20 && depth > 8) || (size < 1 << 20 && matches!(depth, 2 | 4)) {
                     continue;
