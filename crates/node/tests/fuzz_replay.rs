@@ -94,3 +94,46 @@ proptest! {
         fuzz_execute(&input);
     }
 }
+
+/// The seed scripts (`seed-wire-*`: each channel A op parsed from both byte orders;
+/// `seed-built-*`: every op index built from fields) are at least this many.
+const MIN_NODE_CORPUS: usize = 22;
+
+/// Replays every input of the `node_executor` fuzz corpus, so an input the fuzzer once found
+/// fails `cargo test` without cargo-fuzz, and checks the corpus still reaches the paths that
+/// matter.
+#[test]
+fn node_executor_corpus_replays() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/node_executor"
+    );
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        panic!("corpus directory {dir} is missing");
+    };
+    let (mut n, mut requests, mut read, mut written) = (0, 0, 0, 0);
+    let (mut no_grant, mut read_only, mut unaligned, mut unsupported, mut dropped) =
+        (0, 0, 0, 0, 0);
+    for entry in entries {
+        let path = entry.expect("corpus entry").path();
+        let bytes = std::fs::read(&path).expect("corpus file");
+        let outcome = std::panic::catch_unwind(|| fuzz_execute_counted(&bytes));
+        let Ok(counters) = outcome else {
+            panic!("{} breaks an executor rule", path.display());
+        };
+        let c = counters.expect("arena");
+        requests += c.requests.total();
+        read += c.bytes_read;
+        written += c.bytes_written;
+        no_grant += c.denied.no_grant;
+        read_only += c.denied.read_only;
+        unaligned += c.denied.unaligned;
+        unsupported += c.unsupported;
+        dropped += c.dropped;
+        n += 1;
+    }
+    assert!(n >= MIN_NODE_CORPUS, "only {n} corpus files in {dir}");
+    assert!(requests > 0 && read > 0 && written > 0);
+    assert!(no_grant > 0 && read_only > 0 && unaligned > 0);
+    assert!(unsupported > 0 && dropped > 0);
+}
