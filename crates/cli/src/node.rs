@@ -268,6 +268,10 @@ fn start_pooled(
         AgentEvent::Reconnected { node_id } => {
             println!("oxmem node: coordinator reachable again ({node_id})")
         }
+        AgentEvent::Fenced { node_id, dropped } => println!(
+            "oxmem node: fenced: no heartbeat of {node_id} went through for a whole lease; \
+             dropped {dropped} grants, registering again"
+        ),
         AgentEvent::Forgotten { node_id } => {
             eprintln!("oxmem node: the coordinator forgot {node_id}: registering again")
         }

@@ -9,12 +9,19 @@
 //!   (a heartbeat is retried at least every third of the lease).
 //! - When the coordinator answers a heartbeat with `unknown_node` (it forgot the node: a
 //!   restart on a fresh store, say) the agent registers again, under a new epoch.
+//! - **Self-fencing.** When no heartbeat has succeeded for a whole lease, counted from when
+//!   the last successful one was sent (the coordinator cannot have received it earlier, so it
+//!   cannot declare the node down sooner), the node drops every coordinator grant (grants given
+//!   on the command line stay) and registers again, under a new epoch, as soon as the
+//!   coordinator answers; the coordinator pushes again only what is still valid. A partitioned
+//!   node therefore never serves stripes the coordinator has moved elsewhere meanwhile. While
+//!   a lease runs, a heartbeat waits at most until its end.
 
 use std::io;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oxmem_api::{ApiError, ErrorCode, NodeRegistered};
 /// The API types the agent's callers need (re-exported so they need not depend on `oxmem-api`).
@@ -69,6 +76,9 @@ pub enum AgentEvent {
     },
     /// A heartbeat went through after failures.
     Reconnected { node_id: NodeId },
+    /// No heartbeat succeeded for a whole lease: the node dropped its `dropped` coordinator
+    /// grants and will register again.
+    Fenced { node_id: NodeId, dropped: usize },
     /// The coordinator does not know `node_id` any more: registering again.
     Forgotten { node_id: NodeId },
     /// A registration or heartbeat failed; the next try is in `retry_in`.
@@ -94,6 +104,8 @@ pub struct AgentStatus {
     pub heartbeats: u64,
     /// Failed registrations and heartbeats.
     pub failures: u64,
+    /// Times the node fenced itself (dropped its grants after a lease without heartbeats).
+    pub fences: u64,
     /// The latest failure.
     pub last_error: Option<String>,
 }
@@ -244,12 +256,28 @@ impl Runner {
         let mut backoff = self.config.min_backoff;
         let mut failing = false;
         let mut registered: Option<(NodeId, Duration)> = None;
+        // When the lease the coordinator holds for the node ends at the latest: the lease
+        // counted from when the last successful registration or heartbeat was sent.
+        let mut lease_end: Option<Instant> = None;
         let mut wait = Duration::ZERO;
         loop {
+            if let Some(end) = lease_end {
+                // Wake up when the lease ends, to fence at once.
+                wait = wait.min(end.saturating_duration_since(Instant::now()));
+            }
             if !self.sleep(wait) {
                 return;
             }
+            if let (Some(end), Some((node_id, _))) = (lease_end, &registered)
+                && Instant::now() >= end
+            {
+                let node_id = node_id.clone();
+                self.fence(node_id);
+                registered = None;
+                lease_end = None;
+            }
             let Some((node_id, every)) = registered.clone() else {
+                let sent = Instant::now();
                 let request = client
                     .post(format!("{base}/v1/nodes"))
                     .json(&self.config.registration);
@@ -269,6 +297,7 @@ impl Runner {
                             dropped,
                         });
                         wait = interval(r.lease);
+                        lease_end = Some(sent + Duration::from_millis(r.lease.lease_ms));
                         registered = Some((r.node_id, wait));
                         backoff = self.config.min_backoff;
                         failing = false;
@@ -281,9 +310,27 @@ impl Runner {
                 }
                 continue;
             };
-            let request = client.post(format!("{base}/v1/nodes/{node_id}/heartbeat"));
+            let sent = Instant::now();
+            let mut request = client.post(format!("{base}/v1/nodes/{node_id}/heartbeat"));
+            if let Some(end) = lease_end {
+                // Never wait for an answer past the lease's end: fence then.
+                let left = end.saturating_duration_since(sent);
+                request = request.timeout(
+                    left.max(Duration::from_millis(10))
+                        .min(self.config.request_timeout),
+                );
+            }
             match self.call::<Lease>(request) {
+                Ok(_) if lease_end.is_some_and(|end| Instant::now() >= end) => {
+                    // The answer came after the lease ended: the coordinator may have declared
+                    // the node down meanwhile. Fence and register again.
+                    self.fence(node_id);
+                    registered = None;
+                    lease_end = None;
+                    wait = Duration::ZERO;
+                }
                 Ok(lease) => {
+                    lease_end = Some(sent + Duration::from_millis(lease.lease_ms));
                     self.update(|s| {
                         s.lease = Some(lease);
                         s.heartbeats += 1;
@@ -311,6 +358,19 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Drops every coordinator grant: the coordinator may have given the node's stripes to
+    /// others by now.
+    fn fence(&mut self, node_id: NodeId) {
+        let mut dropped = 0;
+        for g in self.admin.grants() {
+            if self.admin.delete_grant(&g.id).is_some() {
+                dropped += 1;
+            }
+        }
+        self.update(|s| s.fences += 1);
+        (self.on_event)(&AgentEvent::Fenced { node_id, dropped });
     }
 
     fn fail(&mut self, registering: bool, error: &CallError, retry_in: Duration) {
