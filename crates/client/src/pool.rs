@@ -104,6 +104,18 @@ impl Inner {
         decode(resp)
     }
 
+    /// A request to `peer` failed with `error`: when the link itself failed (the node was
+    /// cut off, or restarted), connect to it again at the next placement refresh instead of
+    /// failing on the dead link for ever.
+    fn note_error(&self, peer: PeerAddr, error: &Error) {
+        if matches!(error, Error::LinkFailed(_) | Error::PeerClosed) {
+            self.connected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+        }
+    }
+
     /// Connects the data-path client to every node of `nodes` it can reach.
     fn connect_nodes(&self, nodes: &[NodeAddr]) {
         for n in nodes {
@@ -452,6 +464,9 @@ impl Region {
                 }
                 Ok(_) => return Err(Error::Protocol("reply kind").into()),
                 Err(e) => {
+                    if let Some(&(peer, _)) = tried.last() {
+                        self.pool.note_error(peer, &e);
+                    }
                     // That copy failed: try one not tried yet, after learning the latest
                     // placement. (Copies are picked by address, not by position: a refresh
                     // reorders them, healthy first, and drops the replaced ones.)
@@ -510,16 +525,18 @@ impl Region {
                 });
             }
             for (peer, base) in copies {
-                tickets.push(self.pool.client.start_write(
+                let t = self.pool.client.start_write(
                     peer,
                     base + s.within,
                     &data[s.at..s.at + s.len],
-                )?);
+                )?;
+                tickets.push((peer, t));
             }
         }
         let mut first_error = None;
-        for t in tickets {
+        for (peer, t) in tickets {
             if let Err(e) = t.wait() {
+                self.pool.note_error(peer, &e);
                 first_error.get_or_insert(e);
             }
         }
@@ -568,12 +585,16 @@ impl Region {
         };
         let mut old = None;
         for (peer, base) in self.copies(span.stripe) {
-            match self
+            let done = self
                 .pool
                 .client
                 .start_atomic(peer, base + span.within, op, width, operand)?
-                .wait()?
-            {
+                .wait();
+            if let Err(e) = &done {
+                self.pool.note_error(peer, e);
+                self.refresh_after_write_error();
+            }
+            match done? {
                 Completed::Atomic(v) => {
                     old.get_or_insert(v);
                 }
