@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod netns;
 pub mod pool;
 
 use std::io::{BufRead, BufReader, Read};
