@@ -25,10 +25,27 @@ pub type SharedExecutor = Arc<Mutex<Executor<PeerAddr>>>;
 pub struct NodeHandler {
     executor: SharedExecutor,
     /// Requests waiting for queue room, per peer, as encoded messages.
-    backlog: HashMap<PeerAddr, VecDeque<Vec<u8>>>,
+    backlog: HashMap<PeerAddr, Backlog>,
     /// Answers the link refused although there was room (a reply larger than the peer's
     /// frames, say).
     unsent: u64,
+    /// Requests dropped unanswered because their peer's backlog was full.
+    overflowed: u64,
+}
+
+/// Most requests one peer may have waiting for room to answer them. A client has at most as
+/// many requests outstanding as it has source ids in use (4096 by default), so only a peer
+/// that keeps sending while it never takes its answers (and so never returns the credit they
+/// need) gets here; what it sends beyond this is dropped unanswered, so the node's memory for
+/// it stays bounded.
+pub const MAX_BACKLOG_REQUESTS: usize = 1 << 16;
+/// Most bytes of encoded requests one peer may have waiting (puts carry their data).
+pub const MAX_BACKLOG_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Default)]
+struct Backlog {
+    queue: VecDeque<Vec<u8>>,
+    bytes: usize,
 }
 
 impl NodeHandler {
@@ -38,12 +55,19 @@ impl NodeHandler {
             executor,
             backlog: HashMap::new(),
             unsent: 0,
+            overflowed: 0,
         }
+    }
+
+    /// Requests dropped unanswered because their peer's backlog was full (see
+    /// [`MAX_BACKLOG_REQUESTS`]).
+    pub fn backlog_dropped(&self) -> u64 {
+        self.overflowed
     }
 
     /// Requests waiting for room to answer them.
     pub fn backlog_len(&self) -> usize {
-        self.backlog.values().map(VecDeque::len).sum()
+        self.backlog.values().map(|b| b.queue.len()).sum()
     }
 
     fn run(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
@@ -90,16 +114,25 @@ fn lock(executor: &SharedExecutor) -> MutexGuard<'_, Executor<PeerAddr>> {
 
 impl Handler for NodeHandler {
     fn on_message(&mut self, peer: PeerAddr, msg: &Message<'_>, out: &mut Outbox<'_>) {
-        let waiting = self.backlog.get(&peer).is_some_and(|q| !q.is_empty());
+        let waiting = self.backlog.get(&peer).is_some_and(|b| !b.queue.is_empty());
         if !waiting && out.room(&peer) >= answer_len(msg) {
             self.run(peer, msg, out);
             return;
         }
         // Keep it, in order, for when frames have left. Encoded in memory order, so it reads
         // back the same whatever the peer's byte order.
+        let backlog = self.backlog.entry(peer).or_default();
+        if backlog.queue.len() >= MAX_BACKLOG_REQUESTS
+            || backlog.bytes + msg.buffer_len() > MAX_BACKLOG_BYTES
+        {
+            self.overflowed += 1;
+            metrics::counter!("oxmem_node_backlog_dropped_total").increment(1);
+            return;
+        }
         let mut bytes = vec![0u8; msg.buffer_len()];
         if msg.emit(&mut bytes, ByteOrder::Memory).is_ok() {
-            self.backlog.entry(peer).or_default().push_back(bytes);
+            backlog.bytes += bytes.len();
+            backlog.queue.push_back(bytes);
         }
     }
 
@@ -113,7 +146,11 @@ impl Handler for NodeHandler {
     fn poll(&mut self, _now: Instant, out: &mut Outbox<'_>) -> Option<Instant> {
         let peers: Vec<PeerAddr> = self.backlog.keys().copied().collect();
         for peer in peers {
-            while let Some(bytes) = self.backlog.get_mut(&peer).and_then(VecDeque::pop_front) {
+            while let Some(bytes) = self.backlog.get_mut(&peer).and_then(|b| {
+                let bytes = b.queue.pop_front()?;
+                b.bytes -= bytes.len();
+                Some(bytes)
+            }) {
                 let Ok(msg) = Message::parse(&bytes, ByteOrder::Memory) else {
                     continue;
                 };
@@ -121,16 +158,15 @@ impl Handler for NodeHandler {
                     continue; // the peer is gone: drop what it asked
                 }
                 if out.room(&peer) < answer_len(&msg) {
-                    self.backlog
-                        .get_mut(&peer)
-                        .expect("present")
-                        .push_front(bytes);
+                    let b = self.backlog.get_mut(&peer).expect("present");
+                    b.bytes += bytes.len();
+                    b.queue.push_front(bytes);
                     break;
                 }
                 self.run(peer, &msg, out);
             }
         }
-        self.backlog.retain(|_, q| !q.is_empty());
+        self.backlog.retain(|_, b| !b.queue.is_empty());
         None
     }
 }
