@@ -299,6 +299,13 @@ impl Pool {
             .call(self.inner.http.get(self.inner.url("/v1/regions")))
     }
 
+    /// Stops heartbeating the session without ending it, as if the program had died: once
+    /// its lease runs out the coordinator frees its regions. For tests of session expiry.
+    #[doc(hidden)]
+    pub fn stop_heartbeat(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Ends the session: the coordinator frees its regions.
     ///
     /// # Errors
