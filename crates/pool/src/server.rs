@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequest, MatchedPath, Path, Request, State as AxState};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -100,6 +100,35 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
             Err(e) => Err(fail(ErrorCode::BadRequest, e.body_text())),
         }
     }
+}
+
+/// A path parameter (`{id}`) whose rejection (say, percent-encoded bytes that are not UTF-8)
+/// is a `bad_request` [`ApiError`], not axum's plain-text answer.
+#[derive(Debug)]
+pub struct Param(pub String);
+
+impl<St: Send + Sync> FromRequestParts<St> for Param {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Failure> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Param(v)),
+            Err(e) => Err(fail(ErrorCode::BadRequest, e.body_text())),
+        }
+    }
+}
+
+/// The answer to a path no route matches: `bad_request` with status 404.
+async fn no_such_route() -> Response {
+    let e = ApiError::new(ErrorCode::BadRequest, "no such route");
+    (StatusCode::NOT_FOUND, axum::Json(e)).into_response()
+}
+
+/// The answer to a method the route does not serve: `bad_request` with status 405 (axum adds
+/// the `Allow` header).
+async fn no_such_method() -> Response {
+    let e = ApiError::new(ErrorCode::BadRequest, "method not allowed on this route");
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e)).into_response()
 }
 
 type Answer<T> = Result<axum::Json<T>, Failure>;
@@ -679,8 +708,9 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             )
             .route("/v1/status", get(status::<S, C, M>))
             .route("/metrics", get(render_metrics::<S, C, M>))
+            .method_not_allowed_fallback(no_such_method)
             .route_layer(axum::middleware::from_fn(track))
-            .fallback(|| async { fail(ErrorCode::BadRequest, "no such route") })
+            .fallback(no_such_route)
             .with_state(self.clone())
     }
 }
@@ -744,7 +774,7 @@ async fn register_node<S: MetadataStore, C: NodeControl, M: DataMover>(
 async fn heartbeat_node<S: MetadataStore, C: NodeControl, M: DataMover>(
     AxState(co): Co<S, C, M>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Answer<Lease> {
     let mut st = co.enter_as_node(&headers).await?;
     let mut b = Batch::new();
@@ -804,7 +834,7 @@ async fn open_session<S: MetadataStore, C: NodeControl, M: DataMover>(
 async fn heartbeat_session<S: MetadataStore, C: NodeControl, M: DataMover>(
     AxState(co): Co<S, C, M>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Answer<Lease> {
     let (mut st, tenant) = co.enter_as_tenant(&headers).await?;
     st.heartbeat_session(&tenant, &SessionId(id), co.now_ms())?;
@@ -816,7 +846,7 @@ async fn heartbeat_session<S: MetadataStore, C: NodeControl, M: DataMover>(
 async fn close_session<S: MetadataStore, C: NodeControl, M: DataMover>(
     AxState(co): Co<S, C, M>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Result<StatusCode, Failure> {
     let (mut st, tenant) = co.enter_as_tenant_or_admin(&headers).await?;
     let mut b = Batch::new();
@@ -868,7 +898,7 @@ async fn list_regions<S: MetadataStore, C: NodeControl, M: DataMover>(
 async fn describe_region<S: MetadataStore, C: NodeControl, M: DataMover>(
     AxState(co): Co<S, C, M>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Answer<RegionInfo> {
     let (st, tenant) = co.enter_as_tenant_or_admin(&headers).await?;
     let r = st.check_region(tenant.as_ref(), parse_region(&id)?)?;
@@ -878,7 +908,7 @@ async fn describe_region<S: MetadataStore, C: NodeControl, M: DataMover>(
 async fn free_region<S: MetadataStore, C: NodeControl, M: DataMover>(
     AxState(co): Co<S, C, M>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Param(id): Param,
 ) -> Result<StatusCode, Failure> {
     let (mut st, tenant) = co.enter_as_tenant_or_admin(&headers).await?;
     let id = parse_region(&id)?;

@@ -315,6 +315,38 @@ fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, String> {
 
 const MAX_NAME: usize = 256;
 
+/// A name or address of 1 to [`MAX_NAME`] characters (characters, not bytes, like the
+/// `maxLength` of `openapi.yaml`).
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.chars().nth(MAX_NAME).is_none()
+}
+
+/// 1 to [`MAX_NAME`] printable ASCII characters, no space or control character (admin URLs;
+/// `openapi.yaml` says `[!-~]`).
+fn ascii_word(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A client's data-path address as every node parses a grant's peer: `udp://IP:PORT` (IPv6
+/// in brackets) or `eth/MAC` with six two-digit hex groups. What a node would refuse is
+/// refused when the session opens, not as `node_down` at the session's first allocation.
+fn client_addr_ok(a: &str) -> bool {
+    if a.len() > MAX_NAME {
+        return false;
+    }
+    if let Some(sock) = a.strip_prefix("udp://") {
+        return sock.parse::<std::net::SocketAddr>().is_ok();
+    }
+    if let Some(mac) = a.strip_prefix("eth/") {
+        let groups: Vec<&str> = mac.split(':').collect();
+        return groups.len() == 6
+            && groups
+                .iter()
+                .all(|g| g.len() == 2 && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    false
+}
+
 /// Everything the coordinator knows.
 #[derive(Debug)]
 pub struct State {
@@ -495,29 +527,27 @@ impl State {
         now: u64,
         batch: &mut Batch,
     ) -> Result<NodeState, ApiError> {
-        if req.name.is_empty() || req.name.len() > MAX_NAME {
+        if !name_ok(&req.name) {
             return Err(err(
                 ErrorCode::BadRequest,
-                "node name must be 1 to 256 bytes",
+                "node name must be 1 to 256 characters",
             ));
         }
-        if req.data_addrs.is_empty()
-            || req
-                .data_addrs
-                .iter()
-                .any(|a| a.is_empty() || a.len() > MAX_NAME)
+        if req.data_addrs.is_empty() || req.data_addrs.iter().any(|a| !name_ok(a)) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "a node needs 1 or more data addresses of 1 to 256 characters",
+            ));
+        }
+        let url = &req.admin_url;
+        if !["http://", "https://"]
+            .iter()
+            .any(|p| url.starts_with(p) && url.len() > p.len())
+            || !ascii_word(url)
         {
             return Err(err(
                 ErrorCode::BadRequest,
-                "a node needs at least one data address",
-            ));
-        }
-        if !(req.admin_url.starts_with("http://") || req.admin_url.starts_with("https://"))
-            || req.admin_url.len() > MAX_NAME
-        {
-            return Err(err(
-                ErrorCode::BadRequest,
-                "admin_url must be an http(s) URL",
+                "admin_url must be an http(s) URL of at most 256 printable ASCII characters",
             ));
         }
         if req.capacity < self.limits.align {
@@ -829,10 +859,10 @@ impl State {
         token: String,
         batch: &mut Batch,
     ) -> Result<TenantId, ApiError> {
-        if req.name.is_empty() || req.name.len() > MAX_NAME {
+        if !name_ok(&req.name) {
             return Err(err(
                 ErrorCode::BadRequest,
-                "tenant name must be 1 to 256 bytes",
+                "tenant name must be 1 to 256 characters",
             ));
         }
         if self.tenants.values().any(|t| t.name == req.name) {
@@ -864,7 +894,7 @@ impl State {
     ///
     /// # Errors
     ///
-    /// `BadRequest` for an address that is neither `udp://…` nor `eth/…` (or `eth://…`).
+    /// `BadRequest` for an address that is neither `udp://IP:PORT` nor `eth/MAC`.
     pub fn open_session(
         &mut self,
         tenant: &TenantId,
@@ -872,14 +902,10 @@ impl State {
         now: u64,
         batch: &mut Batch,
     ) -> Result<SessionId, ApiError> {
-        let a = &req.client_addr;
-        let ok_prefix = ["udp://", "eth/", "eth://"]
-            .iter()
-            .any(|p| a.starts_with(p) && a.len() > p.len());
-        if !ok_prefix || a.len() > MAX_NAME || a.chars().any(char::is_whitespace) {
+        if !client_addr_ok(&req.client_addr) {
             return Err(err(
                 ErrorCode::BadRequest,
-                "client_addr must be udp://IP:PORT or eth/MAC",
+                "client_addr must be udp://IP:PORT or eth/MAC (six hex pairs: eth/02:00:00:00:00:01)",
             ));
         }
         if !self.tenants.contains_key(tenant) {
