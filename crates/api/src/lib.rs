@@ -83,6 +83,11 @@ pub struct RegisterNode {
     pub admin_url: String,
     /// Bytes it exports.
     pub capacity: u64,
+    /// A new random value every time the node process starts. A node that registers again
+    /// with another boot id lost its memory (it restarted), so every copy it held is stale; with
+    /// the same boot id it only lost contact (and fenced itself) and kept its data.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// The coordinator's answer to [`RegisterNode`].

@@ -244,6 +244,7 @@ fn start_pooled(
         data_addrs,
         admin_url,
         capacity: args.capacity,
+        boot_id: Some(boot_id()),
     };
     println!(
         "oxmem node: registering with {coordinator} as {}",
@@ -589,6 +590,15 @@ fn publish_metrics(server: &NodeServer) {
         peers += s.peers.load(Relaxed);
     }
     gauge!("oxmem_node_peers").set(peers as f64);
+}
+
+/// A random id for this run of the process (see `RegisterNode::boot_id`).
+fn boot_id() -> String {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 fn print_stats(server: &NodeServer) {

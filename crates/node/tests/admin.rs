@@ -581,6 +581,7 @@ fn registration(node: &Node) -> RegisterNode {
         data_addrs: vec!["udp://127.0.0.1:7447".into()],
         admin_url: node.url(""),
         capacity: CAPACITY,
+        boot_id: None,
     }
 }
 

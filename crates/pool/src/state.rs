@@ -66,6 +66,9 @@ pub struct NodeRecord {
     pub admin_url: String,
     pub capacity: u64,
     pub epoch: u64,
+    /// The node process's boot id at its last registration (see `RegisterNode::boot_id`).
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// A tenant as stored.
@@ -597,7 +600,13 @@ impl State {
                     let node = self.nodes.get_mut(&id).expect("found");
                     node.free = free;
                 }
+                // Another boot: the process restarted and its memory is gone, even if it came
+                // back before its lease ran out. Every copy it held is stale.
+                if self.nodes[&id].rec.boot_id != req.boot_id {
+                    self.mark_node_down(&id, batch);
+                }
                 let node = self.nodes.get_mut(&id).expect("found");
+                node.rec.boot_id = req.boot_id;
                 node.rec.epoch += 1;
                 node.rec.data_addrs = req.data_addrs;
                 node.rec.admin_url = req.admin_url;
@@ -617,6 +626,7 @@ impl State {
                     admin_url: req.admin_url,
                     capacity: req.capacity,
                     epoch: 1,
+                    boot_id: req.boot_id,
                 };
                 let free = FreeList::new(rec.capacity, self.limits.align);
                 self.nodes.insert(

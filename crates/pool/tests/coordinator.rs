@@ -205,6 +205,7 @@ impl<S: MetadataStore> Harness<S> {
             data_addrs: vec![format!("udp://127.0.0.1:{}", 7000 + name.len())],
             admin_url: format!("http://{name}.invalid:7547"),
             capacity,
+            boot_id: None,
         };
         self.ok(
             Method::POST,

@@ -21,6 +21,7 @@ fn pool(nodes: usize, capacity: u64) -> (State, TenantId, SessionId) {
                 data_addrs: vec![format!("udp://10.0.0.{i}:7000")],
                 admin_url: format!("http://10.0.0.{i}:7547"),
                 capacity,
+                boot_id: None,
             },
             0,
             &mut b,
@@ -320,5 +321,59 @@ fn fragmentation_mid_run_keeps_most_free_space_usable() {
             largest * 100 >= free * 50,
             "n{i}: largest block {largest} of {free} free"
         );
+    }
+}
+
+fn reregister(st: &mut State, i: usize, capacity: u64, boot_id: Option<&str>) {
+    st.register_node(
+        RegisterNode {
+            name: format!("node{i}"),
+            data_addrs: vec![format!("udp://10.0.0.{i}:7000")],
+            admin_url: format!("http://10.0.0.{i}:7547"),
+            capacity,
+            boot_id: boot_id.map(str::to_string),
+        },
+        0,
+        &mut Batch::new(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_node_that_restarted_within_its_lease_holds_no_healthy_copies() {
+    let (mut st, t, s) = pool(3, 1 << 30);
+    for i in 0..3 {
+        reregister(&mut st, i, 1 << 30, Some("boot-1"));
+    }
+    let id = st
+        .alloc(&t, &req(&s, 6 * MIB, Some(2)), &mut Batch::new())
+        .unwrap();
+    assert_eq!(
+        st.region_info(st.region(id).unwrap()).health,
+        RegionHealth::Healthy
+    );
+    // The same process registering again (it fenced itself after losing contact) kept its
+    // memory: its copies stay healthy.
+    reregister(&mut st, 0, 1 << 30, Some("boot-1"));
+    assert_eq!(
+        st.region_info(st.region(id).unwrap()).health,
+        RegionHealth::Healthy
+    );
+    // A new process (another boot id) starts with empty memory, even though it was never
+    // declared down: every copy on it is stale and must be copied again from the others.
+    reregister(&mut st, 0, 1 << 30, Some("boot-2"));
+    let info = st.region_info(st.region(id).unwrap());
+    assert_eq!(info.health, RegionHealth::Degraded);
+    let node0 = NodeId("n1".into());
+    for stripe in &info.stripes {
+        for c in &stripe.copies {
+            assert_eq!(
+                c.healthy,
+                c.node_id != node0,
+                "copy on {} of stripe {}",
+                c.node_id,
+                stripe.index
+            );
+        }
     }
 }
