@@ -386,7 +386,32 @@ fn whole(url: &str) -> bool {
 }
 
 fn wait_whole(url: &str, what: &str) {
-    poll(Duration::from_secs(30), what, || whole(url).then_some(()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !whole(url) {
+        if std::time::Instant::now() > deadline {
+            // Say what is missing before failing.
+            match get_json::<ClusterStatus>(url, "/v1/status", ADMIN) {
+                Ok(s) => {
+                    for n in &s.nodes {
+                        eprintln!(
+                            "  node {} {:?} epoch {} used {}",
+                            n.name, n.health, n.epoch, n.used
+                        );
+                    }
+                    eprintln!("  degraded stripes {}", s.degraded_stripes);
+                    for r in &s.regions {
+                        eprintln!(
+                            "  region {} {:?} replicas {}",
+                            r.region_id, r.health, r.replicas
+                        );
+                    }
+                }
+                Err(e) => eprintln!("  status: {e:?}"),
+            }
+            panic!("{what}: the pool was not whole within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn node_down(url: &str, name: &str) -> bool {

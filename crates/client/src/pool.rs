@@ -522,6 +522,12 @@ impl Region {
     /// failed write also asks the coordinator for the latest placement, so that once a lost
     /// copy has been replaced, the next writes go to the new one.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
+        // While the region is not healthy the coordinator is adding copies: learn them (at
+        // most every `WRITE_REFRESH_EVERY`) so this write reaches the copy being made too,
+        // and the copier's comparison of both ends converges.
+        if self.lock().health != RegionHealth::Healthy {
+            self.refresh_after_write_error();
+        }
         let spans = self.spans(offset, data.len())?;
         let mut tickets = Vec::new();
         for s in &spans {
