@@ -177,6 +177,8 @@ pub(crate) struct ClientHandler {
     requests: HashMap<u64, Pending>,
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     stats: std::sync::Arc<crate::ClientStats>,
+    /// Scratch list for `pump_all`.
+    peer_list: Vec<PeerAddr>,
 }
 
 impl std::fmt::Debug for ClientHandler {
@@ -202,6 +204,7 @@ impl ClientHandler {
             requests: HashMap::new(),
             deadlines: BinaryHeap::new(),
             stats,
+            peer_list: Vec::new(),
         }
     }
 
@@ -272,10 +275,20 @@ impl ClientHandler {
 
     /// Hands queued pieces to every node's link while source ids and queue room last.
     fn pump_all(&mut self, out: &mut Outbox<'_>) {
-        let peers: Vec<PeerAddr> = self.peers.keys().copied().collect();
-        for peer in peers {
+        // Runs every turn of the engine loop, spinning included: reuse one list of peers
+        // instead of allocating a new one each time.
+        let mut peers = std::mem::take(&mut self.peer_list);
+        peers.clear();
+        peers.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| !p.queue.is_empty())
+                .map(|(a, _)| *a),
+        );
+        for &peer in &peers {
             self.pump(peer, out);
         }
+        self.peer_list = peers;
     }
 
     fn pump(&mut self, peer: PeerAddr, out: &mut Outbox<'_>) {
