@@ -21,6 +21,12 @@ need_apt g++ g++
 # run against (crates/pool/tests/etcd.rs, which skip without it).
 need_apt protoc protobuf-compiler
 need_apt etcd etcd-server
+# ip: the raw-Ethernet, namespace and fencing tests make veth pairs and network namespaces
+# (they skip without it, or without root).
+need_apt ip iproute2
+# A font for the bench chart's test (it skips without one).
+need_apt fc-list fontconfig
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt __dejavu__ fonts-dejavu-core
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
