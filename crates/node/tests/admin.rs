@@ -680,7 +680,9 @@ fn agent_keeps_trying_while_the_coordinator_is_away() {
     assert_eq!(node.put("g", &g).status(), 204);
     assert!(node.get_allowed(udp(1), 0));
 
-    let coordinator = FakeCoordinator::start(addr, 150);
+    // A lease long enough that the short outage below stays within it: an outage longer than
+    // a lease makes the node fence itself and register again (tested in crates/cli/tests/fencing.rs).
+    let coordinator = FakeCoordinator::start(addr, 3000);
     wait_until("registration once the coordinator is up", || {
         agent.status().registrations == 1
     });
@@ -697,7 +699,7 @@ fn agent_keeps_trying_while_the_coordinator_is_away() {
         agent.status().failures >= failures + 2
     });
     assert!(node.get_allowed(udp(1), 0));
-    let coordinator = FakeCoordinator::start(addr, 150);
+    let coordinator = FakeCoordinator::start(addr, 3000);
     wait_until("heartbeats again", || coordinator.heartbeats() >= 2);
     assert_eq!(coordinator.registrations(), 0);
     assert_eq!(agent.status().registrations, 1);
