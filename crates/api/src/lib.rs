@@ -184,6 +184,13 @@ pub struct AllocRequest {
     pub stripe_size: Option<u64>,
 }
 
+/// Another session of the region's tenant asks to use the region too (a second process
+/// sharing it): `POST /v1/regions/{id}/attach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub session_id: SessionId,
+}
+
 /// Where one copy of a stripe lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {

@@ -710,3 +710,93 @@ fn wrong_or_missing_tokens_are_refused() {
     }
     println!("no, wrong and misplaced tokens refused with 401/403 and their codes");
 }
+
+#[test]
+fn a_second_session_of_the_tenant_attaches_and_loses_access_when_it_closes() {
+    let up = Up::start(3, "8MiB", &[]);
+    let owner = Pool::connect(&up.url, &up.tenant_token, PoolOptions::default()).expect("owner");
+    let region = alloc(&owner, 6 * MIB, 2);
+    let mut rng = Rng::new(0xa77a_c4);
+    let data = rng.bytes(region.len() as usize);
+    region.write(0, &data).expect("owner writes");
+
+    // Another process of the tenant (its own session and client address) attaches: it reads
+    // the owner's bytes, and its writes are seen by the owner.
+    let other = Pool::connect(&up.url, &up.tenant_token, PoolOptions::default()).expect("other");
+    // Before attaching, its client is denied at the region's first stripe.
+    let info = region.info();
+    let first = &info.stripes[0].copies[0];
+    let node = info
+        .nodes
+        .iter()
+        .find(|n| n.node_id == first.node_id)
+        .unwrap();
+    let peer = parse_peer(&node.data_addrs[0]).expect("peer");
+    let _ = other.client().connect(peer, NodeOptions::default());
+    let mut raw = vec![0u8; 64];
+    match other.client().read(peer, first.address, &mut raw) {
+        Err(Error::Denied { .. }) => {}
+        r => panic!("unattached session read the region: {r:?}"),
+    }
+    let shared = other.attach(region.id()).expect("attach");
+    assert_eq!(shared.len(), region.len());
+    assert_same(
+        &read_all(&shared),
+        &data,
+        "attached session reads the owner's bytes",
+    );
+    shared
+        .write(4096, b"written by the attached session")
+        .expect("attached write");
+    let mut back = vec![0u8; 31];
+    region.read(4096, &mut back).expect("owner reads");
+    assert_eq!(&back, b"written by the attached session");
+    // Attaching twice is harmless; dropping an attached region does not free it.
+    drop(other.attach(region.id()).expect("attach again"));
+    drop(shared);
+    region
+        .read(0, &mut raw)
+        .expect("owner still reads after the attacher's drop");
+
+    // Another tenant cannot attach.
+    let b_tenant = create_tenant(&up.url, &up.admin_token, "tenant-b", 8 * MIB);
+    let b = Pool::connect(&up.url, &b_tenant.token, PoolOptions::default()).expect("connect B");
+    match b.attach(region.id()) {
+        Err(PoolError::Api(ApiError {
+            code: ErrorCode::NotYours,
+            ..
+        })) => {}
+        r => panic!("another tenant attached: {r:?}"),
+    }
+
+    // When the attached session ends, its grants are revoked on every node.
+    // (Closed over HTTP, so that its client lives on to try.)
+    other.stop_heartbeat();
+    let url = format!("{}/v1/sessions/{}", up.url, other.session());
+    let resp = common::pool::http()
+        .delete(url)
+        .bearer_auth(&up.tenant_token)
+        .send()
+        .expect("DELETE session");
+    assert_eq!(resp.status().as_u16(), 204, "close the attached session");
+    match other.client().read(peer, first.address, &mut raw) {
+        Err(Error::Denied { .. }) => {}
+        r => panic!("closed attached session still reads: {r:?}"),
+    }
+    // And the owner keeps its access.
+    assert_same(
+        &read_all(&region)[..4096],
+        &data[..4096],
+        "owner after detach",
+    );
+
+    // When the owner frees the region, an attached session's grants go with the owner's.
+    let third = Pool::connect(&up.url, &up.tenant_token, PoolOptions::default()).expect("third");
+    let r3 = third.attach(region.id()).expect("third attaches");
+    r3.read(0, &mut raw).expect("third reads");
+    region.free().expect("owner frees");
+    match third.client().read(peer, first.address, &mut raw) {
+        Err(Error::Denied { .. }) => {}
+        r => panic!("attached session reads a freed region: {r:?}"),
+    }
+}

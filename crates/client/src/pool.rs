@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oxmem_api::{
-    AllocRequest, ApiError, ErrorCode, Lease, NodeAddr, OpenSession, RegionHealth, RegionId,
-    RegionInfo, SessionId, SessionOpened,
+    AllocRequest, ApiError, AttachRequest, ErrorCode, Lease, NodeAddr, OpenSession, RegionHealth,
+    RegionId, RegionInfo, SessionId, SessionOpened,
 };
 use oxmem_net::{EthernetAddress, PeerAddr};
 
@@ -286,6 +286,33 @@ impl Pool {
             pool: self.inner.clone(),
             info: Mutex::new(info),
             freed: false,
+            owned: true,
+            write_refreshed: Mutex::new(None),
+        })
+    }
+
+    /// Uses region `id`, allocated by another session of the same tenant (another process
+    /// sharing it): the coordinator grants this session's client access to every extent,
+    /// for as long as this session lives. Dropping the returned [`Region`] does not free it;
+    /// [`Region::free`] does.
+    ///
+    /// # Errors
+    /// [`PoolError::Api`] with `UnknownRegion`, `NotYours` (another tenant's region), or
+    /// `NodeDown` when a node could not take the grant (attaching again retries).
+    pub fn attach(&self, id: RegionId) -> Result<Region, PoolError> {
+        let req = AttachRequest {
+            session_id: self.inner.session.clone(),
+        };
+        let path = format!("/v1/regions/{id}/attach");
+        let info: RegionInfo = self
+            .inner
+            .call(self.inner.http.post(self.inner.url(&path)).json(&req))?;
+        self.inner.connect_nodes(&info.nodes);
+        Ok(Region {
+            pool: self.inner.clone(),
+            info: Mutex::new(info),
+            freed: false,
+            owned: false,
             write_refreshed: Mutex::new(None),
         })
     }
@@ -334,12 +361,15 @@ fn spawn_heartbeat(inner: std::sync::Weak<Inner>, lease: Lease, stop: Arc<Atomic
 
 /// Memory from the pool: bytes `0..len()`, striped and possibly replicated over nodes.
 ///
-/// Dropping a region frees it on the coordinator (use [`Region::free`] to see the result).
+/// Dropping a region allocated by this pool frees it on the coordinator (use
+/// [`Region::free`] to see the result); dropping one from [`Pool::attach`] does not.
 #[derive(Debug)]
 pub struct Region {
     pool: Arc<Inner>,
     info: Mutex<RegionInfo>,
     freed: bool,
+    /// Allocated by this pool (freed on drop), not attached.
+    owned: bool,
     /// When a failed write last asked the coordinator for the placement.
     write_refreshed: Mutex<Option<Instant>>,
 }
@@ -654,7 +684,7 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if !self.freed {
+        if self.owned && !self.freed {
             let _ = self.free_now();
         }
     }

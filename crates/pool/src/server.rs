@@ -19,9 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use oxmem_api::{
-    AllocRequest, ApiError, ClusterStatus, CreateTenant, ErrorCode, GrantAccess, GrantSpec, Lease,
-    NodeId, NodeInfo, NodeRegistered, OpenSession, RegionId, RegionInfo, RegisterNode, SessionId,
-    SessionOpened, TenantCreated, TenantId, TenantInfo,
+    AllocRequest, ApiError, AttachRequest, ClusterStatus, CreateTenant, ErrorCode, GrantAccess,
+    GrantSpec, Lease, NodeId, NodeInfo, NodeRegistered, OpenSession, RegionId, RegionInfo,
+    RegisterNode, SessionId, SessionOpened, TenantCreated, TenantId, TenantInfo,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard, watch};
@@ -465,17 +465,23 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let revoked = fan_out(
-            &self.inner.control,
-            jobs.iter()
-                .map(|j| Call::Delete(j.target.clone(), j.grant_id))
-                .collect(),
-        )
-        .await;
+        // Every grant of a job (its owner's and its attached sessions') is revoked at once;
+        // a job is scrubbed only once all of them are gone.
+        let calls: Vec<Call> = jobs
+            .iter()
+            .flat_map(|j| {
+                std::iter::once(j.grant_id)
+                    .chain(j.extra_grants.iter().copied())
+                    .map(|g| Call::Delete(j.target.clone(), g))
+            })
+            .collect();
+        let mut revoked = fan_out(&self.inner.control, calls).await.into_iter();
         let jobs: Vec<_> = jobs
             .into_iter()
-            .zip(revoked)
-            .filter_map(|(j, r)| r.ok().map(|()| j))
+            .filter(|j| {
+                let n = 1 + j.extra_grants.len();
+                revoked.by_ref().take(n).fold(true, |ok, r| ok & r.is_ok())
+            })
             .collect();
         let scrubbed = fan_out(
             &self.inner.control,
@@ -488,6 +494,29 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         for (j, r) in jobs.iter().zip(scrubbed) {
             if r.is_ok() {
                 st.complete_release(j.grant_id, &mut b);
+            }
+        }
+        self.commit(st, b).await
+    }
+
+    /// Runs the revocations among `ids` (all, with `None`) whose node is up (grants of
+    /// sessions that detached). Failed ones stay pending and are retried by the lease checker.
+    async fn run_revocations(&self, st: &mut State, ids: Option<&[u64]>) -> Result<(), Failure> {
+        let jobs = st.revoke_jobs(ids);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let results = fan_out(
+            &self.inner.control,
+            jobs.iter()
+                .map(|j| Call::Delete(j.target.clone(), j.grant_id))
+                .collect(),
+        )
+        .await;
+        let mut b = Batch::new();
+        for (j, r) in jobs.iter().zip(results) {
+            if r.is_ok() {
+                st.complete_revoke(j.grant_id, &mut b);
             }
         }
         self.commit(st, b).await
@@ -533,6 +562,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 return;
             }
             let _ = self.run_releases(&mut st, None).await;
+            let _ = self.run_revocations(&mut st, None).await;
             self.push_pending_grants(&mut st).await;
             let mut plans = Vec::new();
             for id in st.regions_to_repair(now) {
@@ -706,6 +736,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 "/v1/regions/{id}",
                 get(describe_region::<S, C, M>).delete(free_region::<S, C, M>),
             )
+            .route("/v1/regions/{id}/attach", post(attach_region::<S, C, M>))
             .route("/v1/status", get(status::<S, C, M>))
             .route("/metrics", get(render_metrics::<S, C, M>))
             .method_not_allowed_fallback(no_such_method)
@@ -853,6 +884,7 @@ async fn close_session<S: MetadataStore, C: NodeControl, M: DataMover>(
     let released = st.close_session(tenant.as_ref(), &SessionId(id), &mut b)?;
     co.commit(&mut st, b).await?;
     co.run_releases(&mut st, Some(&released)).await?;
+    co.run_revocations(&mut st, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -884,6 +916,44 @@ async fn alloc<S: MetadataStore, C: NodeControl, M: DataMover>(
     }
     metrics::counter!("oxmem_coord_allocs_total").increment(1);
     let r = st.region(id).expect("just allocated");
+    Ok(axum::Json(st.region_info(r)))
+}
+
+async fn attach_region<S: MetadataStore, C: NodeControl, M: DataMover>(
+    AxState(co): Co<S, C, M>,
+    headers: HeaderMap,
+    Param(id): Param,
+    Body(req): Body<AttachRequest>,
+) -> Answer<RegionInfo> {
+    let (mut st, tenant) = co.enter_as_tenant(&headers).await?;
+    let id = parse_region(&id)?;
+    let mut b = Batch::new();
+    st.attach(&tenant, id, &req.session_id, &mut b)?;
+    co.commit(&mut st, b).await?;
+    // Grants are pushed before the answer, like an alloc's. A node that cannot take its grant
+    // now is retried by the lease checker; the caller gets an error and may attach again
+    // (attaching twice pushes the grants again).
+    let pushes = st.grant_pushes_for_region(id);
+    let nodes: Vec<NodeId> = pushes.iter().map(|p| p.target.node_id.clone()).collect();
+    let results = fan_out(
+        &co.inner.control,
+        pushes.into_iter().map(Call::Put).collect(),
+    )
+    .await;
+    let mut first_error = None;
+    for (node, r) in nodes.iter().zip(results) {
+        if let Err(e) = r {
+            st.set_grants_pending(node, true);
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(fail(
+            ErrorCode::NodeDown,
+            format!("could not grant access: {e}"),
+        ));
+    }
+    let r = st.region(id).expect("checked");
     Ok(axum::Json(st.region_info(r)))
 }
 

@@ -122,6 +122,28 @@ pub struct RegionRecord {
     pub extents: Vec<ExtentRecord>,
     /// `stripes[i]` are the copies of stripe `i`.
     pub stripes: Vec<Vec<CopyRecord>>,
+    /// Other sessions of the same tenant that use the region too (another process sharing
+    /// it): each gets its own grant for every extent.
+    #[serde(default)]
+    pub attached: Vec<Attachment>,
+}
+
+/// A session attached to a region it did not allocate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub session_id: SessionId,
+    /// Unique per attachment: its grants are named [`attachment_grant`]`(extent, seq)`.
+    pub seq: u64,
+}
+
+/// Attachment numbers stay below this, so their grant ids never reach the mover's bit 62.
+pub const MAX_ATTACHMENTS: u64 = 1 << 21;
+
+/// Grant ids of the region owner's grants are extent ids; an attachment's grant for an extent
+/// carries the attachment's number above bit 40 (extent ids stay far below 2^40).
+pub fn attachment_grant(extent: u64, seq: u64) -> u64 {
+    debug_assert!(seq < MAX_ATTACHMENTS && extent < 1 << 40);
+    (seq << 40) | extent
 }
 
 impl RegionRecord {
@@ -174,6 +196,16 @@ pub struct ReleaseRecord {
     pub node_id: NodeId,
     pub base: u64,
     pub len: u64,
+    /// The grants of attached sessions for this extent, revoked along with the owner's.
+    #[serde(default)]
+    pub extra_grants: Vec<u64>,
+}
+
+/// A grant to revoke without freeing anything: an attached session went away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRecord {
+    pub grant_id: u64,
+    pub node_id: NodeId,
 }
 
 /// Id counters, stored under `counters`.
@@ -184,6 +216,8 @@ pub struct Counters {
     pub next_session: u64,
     pub next_region: u64,
     pub next_extent: u64,
+    #[serde(default)]
+    pub next_attachment: u64,
 }
 
 /// A batch of record changes, committed atomically; later writes of a key replace earlier ones.
@@ -243,6 +277,9 @@ pub mod keys {
     pub fn release(extent: u64) -> String {
         format!("release/{extent:020}")
     }
+    pub fn revoke(grant: u64) -> String {
+        format!("revoke/{grant:020}")
+    }
 }
 
 /// A node and what the coordinator knows of it at run time.
@@ -284,7 +321,16 @@ pub struct GrantPush {
 pub struct ReleaseJob {
     pub target: NodeTarget,
     pub grant_id: u64,
+    /// Attached sessions' grants for the same extent, revoked too.
+    pub extra_grants: Vec<u64>,
     pub scrub: ScrubRequest,
+}
+
+/// A grant to revoke on an up node (an attached session went away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeJob {
+    pub target: NodeTarget,
+    pub grant_id: u64,
 }
 
 /// One byte copy of a re-replication: `len` bytes from a healthy copy to a new one.
@@ -361,6 +407,7 @@ pub struct State {
     sessions: BTreeMap<SessionId, SessionState>,
     regions: BTreeMap<RegionId, RegionRecord>,
     releases: BTreeMap<u64, ReleaseRecord>,
+    revocations: BTreeMap<u64, RevokeRecord>,
     counters: Counters,
     /// Regions being re-replicated now.
     repairing: BTreeSet<RegionId>,
@@ -381,6 +428,7 @@ impl State {
             sessions: BTreeMap::new(),
             regions: BTreeMap::new(),
             releases: BTreeMap::new(),
+            revocations: BTreeMap::new(),
             counters: Counters::default(),
             repairing: BTreeSet::new(),
             repair_backoff: BTreeMap::new(),
@@ -438,6 +486,10 @@ impl State {
                 }
                 "region" => regions.push(decode::<RegionRecord>(key, v)?),
                 "release" => releases.push(decode::<ReleaseRecord>(key, v)?),
+                "revoke" => {
+                    let rec: RevokeRecord = decode(key, v)?;
+                    st.revocations.insert(rec.grant_id, rec);
+                }
                 _ => {} // records of other components (e.g. leader election) are not ours
             }
         }
@@ -474,7 +526,8 @@ impl State {
                 }
                 let (gone, kept) = r.extents.drain(..).partition(|e| e.syncing);
                 r.extents = kept;
-                st.release_extents(gone, &mut batch);
+                let seqs = attachment_seqs(&r);
+                st.release_extents(gone, &seqs, &mut batch);
                 batch.put(keys::region(r.region_id), &r);
             }
             *st.tenant_used.entry(r.tenant_id.clone()).or_default() += r.charged();
@@ -812,9 +865,7 @@ impl State {
         };
         let mut out = Vec::new();
         for r in self.regions.values() {
-            let Some(s) = self.sessions.get(&r.session_id) else {
-                continue;
-            };
+            let holders = self.grant_holders(r);
             for e in r.extents.iter().filter(|e| &e.node_id == id) {
                 let current = e.syncing
                     || r.stripes
@@ -822,15 +873,31 @@ impl State {
                         .flatten()
                         .any(|c| c.extent == e.id && c.healthy);
                 if current {
-                    out.push(GrantPush {
-                        target: target.clone(),
-                        grant_id: e.id,
-                        spec: grant_spec(&s.rec.client_addr, e, target.epoch),
-                    });
+                    for (client, seq) in &holders {
+                        out.push(GrantPush {
+                            target: target.clone(),
+                            grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
+                            spec: grant_spec(client, e, target.epoch),
+                        });
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Who holds grants to a region's extents: its session's client (`None`: grant id = extent
+    /// id) and every attached session's client (with the attachment's number).
+    fn grant_holders(&self, r: &RegionRecord) -> Vec<(String, Option<u64>)> {
+        let owner = self
+            .sessions
+            .get(&r.session_id)
+            .map(|s| (s.rec.client_addr.clone(), None));
+        let attached = r.attached.iter().filter_map(|a| {
+            let s = self.sessions.get(&a.session_id)?;
+            Some((s.rec.client_addr.clone(), Some(a.seq)))
+        });
+        owner.into_iter().chain(attached).collect()
     }
 
     /// The grants that give a region's client access to its extents on up nodes.
@@ -838,22 +905,103 @@ impl State {
         let Some(r) = self.regions.get(&id) else {
             return Vec::new();
         };
-        let Some(s) = self.sessions.get(&r.session_id) else {
-            return Vec::new();
-        };
-        r.extents
-            .iter()
-            .filter(|e| self.node_up(&e.node_id))
-            .filter_map(|e| {
-                let target = self.target(&e.node_id)?;
-                let spec = grant_spec(&s.rec.client_addr, e, target.epoch);
-                Some(GrantPush {
-                    target,
-                    grant_id: e.id,
-                    spec,
+        let holders = self.grant_holders(r);
+        let mut out = Vec::new();
+        for e in r.extents.iter().filter(|e| self.node_up(&e.node_id)) {
+            let Some(target) = self.target(&e.node_id) else {
+                continue;
+            };
+            for (client, seq) in &holders {
+                out.push(GrantPush {
+                    target: target.clone(),
+                    grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
+                    spec: grant_spec(client, e, target.epoch),
+                });
+            }
+        }
+        out
+    }
+
+    /// Session `session` of `tenant` attaches to region `id` (another process of the tenant
+    /// sharing the region): it gets grants of its own to every extent. Attaching the owner, or
+    /// twice, changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownRegion`, `NotYours` (another tenant's region), `UnknownSession` (also another
+    /// tenant's session).
+    pub fn attach(
+        &mut self,
+        tenant: &TenantId,
+        id: RegionId,
+        session: &SessionId,
+        batch: &mut Batch,
+    ) -> Result<(), ApiError> {
+        self.check_region(Some(tenant), id)?;
+        self.own_session(Some(tenant), session)?;
+        let r = &self.regions[&id];
+        if &r.session_id == session || r.attached.iter().any(|a| &a.session_id == session) {
+            return Ok(());
+        }
+        if self.counters.next_attachment >= MAX_ATTACHMENTS {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "this pool has used up its attachment numbers",
+            ));
+        }
+        let seq = self.bump(|c| &mut c.next_attachment, batch);
+        let r = self.regions.get_mut(&id).expect("checked");
+        r.attached.push(Attachment {
+            session_id: session.clone(),
+            seq,
+        });
+        batch.put(keys::region(id), &*r);
+        Ok(())
+    }
+
+    /// Detaches `session` from every region it is attached to: its grants become revocations.
+    /// Returns their grant ids.
+    fn detach_everywhere(&mut self, session: &SessionId, batch: &mut Batch) -> Vec<u64> {
+        let mut revoked = Vec::new();
+        for r in self.regions.values_mut() {
+            let Some(pos) = r.attached.iter().position(|a| &a.session_id == session) else {
+                continue;
+            };
+            let a = r.attached.remove(pos);
+            for e in &r.extents {
+                let rec = RevokeRecord {
+                    grant_id: attachment_grant(e.id, a.seq),
+                    node_id: e.node_id.clone(),
+                };
+                batch.put(keys::revoke(rec.grant_id), &rec);
+                revoked.push(rec.grant_id);
+                self.revocations.insert(rec.grant_id, rec);
+            }
+            batch.put(keys::region(r.region_id), &*r);
+        }
+        revoked
+    }
+
+    /// The revocations among `ids` (all, with `None`) that can run now: on up nodes.
+    pub fn revoke_jobs(&self, ids: Option<&[u64]>) -> Vec<RevokeJob> {
+        self.revocations
+            .values()
+            .filter(|r| ids.is_none_or(|ids| ids.contains(&r.grant_id)))
+            .filter(|r| self.node_up(&r.node_id))
+            .filter_map(|r| {
+                Some(RevokeJob {
+                    target: self.target(&r.node_id)?,
+                    grant_id: r.grant_id,
                 })
             })
             .collect()
+    }
+
+    /// The grant is revoked.
+    pub fn complete_revoke(&mut self, grant_id: u64, batch: &mut Batch) {
+        if self.revocations.remove(&grant_id).is_some() {
+            batch.delete(keys::revoke(grant_id));
+        }
     }
 
     // ----- tenants and sessions -----
@@ -989,6 +1137,7 @@ impl State {
         for r in regions {
             released.extend(self.free_region(r, batch));
         }
+        self.detach_everywhere(id, batch);
         self.sessions.remove(id);
         batch.delete(keys::session(id));
         Ok(released)
@@ -1198,6 +1347,7 @@ impl State {
             stripe_size: stripe,
             extents,
             stripes,
+            attached: Vec::new(),
         };
         batch.put(keys::region(id), &rec);
         *self.tenant_used.entry(tenant.clone()).or_default() += charged;
@@ -1241,10 +1391,16 @@ impl State {
             *u -= r.charged();
         }
         self.repair_backoff.remove(&id);
-        self.release_extents(r.extents, batch)
+        let seqs = attachment_seqs(&r);
+        self.release_extents(r.extents, &seqs, batch)
     }
 
-    fn release_extents(&mut self, extents: Vec<ExtentRecord>, batch: &mut Batch) -> Vec<u64> {
+    fn release_extents(
+        &mut self,
+        extents: Vec<ExtentRecord>,
+        attachment_seqs: &[u64],
+        batch: &mut Batch,
+    ) -> Vec<u64> {
         extents
             .into_iter()
             .map(|e| {
@@ -1253,6 +1409,10 @@ impl State {
                     node_id: e.node_id,
                     base: e.base,
                     len: e.len,
+                    extra_grants: attachment_seqs
+                        .iter()
+                        .map(|&s| attachment_grant(e.id, s))
+                        .collect(),
                 };
                 batch.put(keys::release(e.id), &rel);
                 self.releases.insert(e.id, rel);
@@ -1271,6 +1431,7 @@ impl State {
                 Some(ReleaseJob {
                     target: self.target(&rel.node_id)?,
                     grant_id: rel.extent_id,
+                    extra_grants: rel.extra_grants.clone(),
                     scrub: ScrubRequest {
                         base: rel.base,
                         len: rel.len,
@@ -1491,7 +1652,8 @@ impl State {
             .partition(|e| !referenced.contains(&e.id));
         r.extents = kept;
         batch.put(keys::region(plan.region_id), &*r);
-        self.release_extents(gone, batch)
+        let seqs = attachment_seqs(r);
+        self.release_extents(gone, &seqs, batch)
     }
 
     /// A plan failed (copy error, node gone): its new extents are released and the region
@@ -1520,7 +1682,8 @@ impl State {
         let (gone, kept): (Vec<_>, Vec<_>) = r.extents.drain(..).partition(|e| new.contains(&e.id));
         r.extents = kept;
         batch.put(keys::region(plan.region_id), &*r);
-        self.release_extents(gone, batch)
+        let seqs = attachment_seqs(r);
+        self.release_extents(gone, &seqs, batch)
     }
 
     /// Where extent `extent` of region `region` is: its node (for an admin call), base and
@@ -1686,4 +1849,9 @@ fn grant_spec(client: &str, e: &ExtentRecord, epoch: u64) -> GrantSpec {
         access: GrantAccess::ReadWrite,
         epoch,
     }
+}
+
+/// The attachment numbers of a region.
+fn attachment_seqs(r: &RegionRecord) -> Vec<u64> {
+    r.attached.iter().map(|a| a.seq).collect()
 }

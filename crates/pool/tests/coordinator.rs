@@ -1127,6 +1127,7 @@ fn openapi_describes_every_route_and_error_code() {
         "/v1/sessions/{id}:",
         "/v1/regions:",
         "/v1/regions/{id}:",
+        "/v1/regions/{id}/attach:",
         "/v1/status:",
         "/metrics:",
     ] {
