@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::control::{ControlError, CopyEnd, DataMover, NodeControl};
-use crate::state::{Batch, GrantPush, Limits, NodeTarget, RepairPlan, State};
+use crate::state::{Batch, EXTENT_BITS, GrantPush, Limits, NodeTarget, RepairPlan, State};
 use crate::store::{MetadataStore, StoreError};
 use crate::{CoordinatorConfig, ServeError};
 
@@ -598,7 +598,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         let mut calls: Vec<Call> = st
             .grant_pushes_for_region(id)
             .into_iter()
-            .filter(|p| new.contains(&p.grant_id))
+            .filter(|p| new.contains(&(p.grant_id & EXTENT_BITS)))
             .map(Call::Put)
             .collect();
         calls.extend(self.mover_grants(st, &plan).into_iter().map(Call::Put));

@@ -136,13 +136,16 @@ pub struct Attachment {
     pub seq: u64,
 }
 
+/// The bits of a client grant id that name its extent.
+pub const EXTENT_BITS: u64 = (1 << 40) - 1;
+
 /// Attachment numbers stay below this, so their grant ids never reach the mover's bit 62.
 pub const MAX_ATTACHMENTS: u64 = 1 << 21;
 
 /// Grant ids of the region owner's grants are extent ids; an attachment's grant for an extent
 /// carries the attachment's number above bit 40 (extent ids stay far below 2^40).
 pub fn attachment_grant(extent: u64, seq: u64) -> u64 {
-    debug_assert!(seq < MAX_ATTACHMENTS && extent < 1 << 40);
+    debug_assert!(seq < MAX_ATTACHMENTS && extent <= EXTENT_BITS);
     (seq << 40) | extent
 }
 
