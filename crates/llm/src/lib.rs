@@ -1,4 +1,63 @@
-//! `oxmem-llm`: a small Llama-style model on candle, a paged KV cache whose evicted blocks go to
-//! a [`oxmem_kv::KvTier`], the multi-turn workload and the recovery benchmark.
+//! `oxmem-llm`: a small Llama-style model on candle, a paged KV cache whose evicted blocks go
+//! to a [`oxmem_kv::KvTier`], a seeded multi-turn workload, and the recovery benchmark behind
+//! `oxmem demo`.
+//!
+//! - [`model`]: the model (seeded random weights, CPU, f32) and its KV state.
+//! - [`cache`]: the local cache under a byte budget (LRU, pinning, eviction to the tier).
+//! - [`engine`]: serving one request: reuse local blocks, fetch from the tier, compute the
+//!   rest canonically, decode greedily.
+//! - [`workload`]: multi-round conversations and long-document questions.
+//! - [`replay`]: the accelerator time model (H100 serving Llama-3-8B) for
+//!   [`Compute::Replay`].
+//! - [`bench`]: [`run_mode`], [`ModeReport`], [`finish_reports`].
+//! - [`testing`]: [`MemTier`], an in-memory tier.
+//!
+//! **Determinism.** Every mode generates exactly the same tokens; see [`Engine`] for how (block
+//! aligned canonical chunks, only full prefill blocks cached, greedy argmax with ties to the
+//! lowest id). All modes of one run share one process, so candle's thread count is the same
+//! in each.
 
 #![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cache;
+pub mod engine;
+pub mod model;
+pub mod replay;
+pub mod testing;
+pub mod workload;
+
+pub use bench::{
+    ALL_LOCAL, BenchConfig, Compute, ModeReport, ModeSpec, Progress, SHORTAGE, block_bytes,
+    finish_reports, run_mode, short_budget_bytes, working_set_blocks, working_set_bytes,
+};
+pub use engine::{Backend, Engine, RequestOutcome, compute_blocks};
+pub use model::{KvState, Model, ModelConfig, argmax};
+pub use replay::AcceleratorModel;
+pub use testing::MemTier;
+pub use workload::{Workload, WorkloadConfig};
+
+/// Why a model, cache or benchmark operation failed.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// Caller: an inconsistent config or argument (model shape, sizes, lengths).
+    #[error("config: {0}")]
+    Config(String),
+    /// The tensor library failed.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The tier failed (transient IO or its own error).
+    #[error("tier: {0}")]
+    Tier(#[from] oxmem_kv::KvError),
+    /// A block read back is not what was stored.
+    #[error("corrupt block: {0}")]
+    Corrupt(String),
+    /// Modes generated different tokens (they must not): the modes that differ from
+    /// `all-local`.
+    #[error("generated tokens differ from all-local in: {0}")]
+    TokensDiffer(String),
+    /// A bug in this crate (an invariant broke).
+    #[error("internal: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,303 @@
+//! The serving loop for one request: find reusable blocks (local, then tier), compute the rest
+//! in canonical block-aligned chunks, decode greedily.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oxmem_kv::{BlockKey, KvTier};
+
+use crate::LlmError;
+use crate::cache::LocalCache;
+use crate::model::{Model, argmax};
+use crate::replay::{AcceleratorModel, HashDecoder, check_block, synth_block};
+
+/// What computes the KV and the tokens.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend<'a> {
+    /// The real model on the CPU.
+    Real(&'a Model),
+    /// The accelerator time model (synthetic block contents, hash-decoded tokens).
+    Replay(&'a AcceleratorModel),
+}
+
+impl Backend<'_> {
+    /// Bytes of one block of `block_tokens`.
+    pub fn block_bytes(&self, block_tokens: usize) -> usize {
+        match self {
+            Backend::Real(m) => m.config().block_bytes(block_tokens),
+            Backend::Replay(a) => a.block_bytes(block_tokens),
+        }
+    }
+
+    /// The block key namespace.
+    pub fn namespace(&self) -> u64 {
+        match self {
+            Backend::Real(m) => m.config().namespace(),
+            Backend::Replay(a) => a.namespace(),
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Backend::Real(m) => m.config().vocab_size,
+            Backend::Replay(a) => a.vocab_size,
+        }
+    }
+}
+
+/// What one request did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestOutcome {
+    /// Generated tokens.
+    pub tokens: Vec<u32>,
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was computed.
+    pub prefill_computed: usize,
+    /// Prompt tokens whose KV was reused from the local cache.
+    pub reused_local: usize,
+    /// Prompt tokens whose KV was fetched from the tier.
+    pub reused_tier: usize,
+    /// Bytes read from the tier.
+    pub bytes_fetched: u64,
+    /// Bytes written to the tier (evictions this request caused).
+    pub bytes_written: u64,
+    /// Fetched blocks whose bytes were not what they should be (replay only; a real run
+    /// cannot tell from the bytes alone). Such blocks are recomputed, not used.
+    pub block_mismatches: u64,
+    /// Time to the first generated token.
+    pub ttft: Duration,
+    /// Time of the whole request.
+    pub total: Duration,
+}
+
+/// A local cache in front of a tier, serving requests one at a time.
+///
+/// **Determinism.** A prompt's KV is computed in canonical chunks: chunk `i` is exactly tokens
+/// `[i·B, (i+1)·B)` (B = `block_tokens`), attending to all earlier blocks; a trailing partial
+/// block is the last chunk, from its block boundary. Only full blocks are cached, and the
+/// last prompt token is always computed (at most `⌊(len−1)/B⌋` blocks are reused), because its
+/// logits give the first token. Decode tokens' KV is never cached. So every block's bytes are
+/// the same whether computed now, earlier, or fetched, and every mode generates the same
+/// tokens (greedy argmax, ties to the lowest id).
+#[derive(Debug)]
+pub struct Engine<'a> {
+    backend: Backend<'a>,
+    cache: LocalCache,
+    block_tokens: usize,
+    namespace: u64,
+    fetch_enabled: bool,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine with a local budget of `budget_bytes` (`None`: unlimited) evicting to `tier`.
+    pub fn new(
+        backend: Backend<'a>,
+        budget_bytes: Option<u64>,
+        tier: Arc<dyn KvTier>,
+        block_tokens: usize,
+    ) -> Result<Self, LlmError> {
+        if block_tokens == 0 {
+            return Err(LlmError::Config("block_tokens must be positive".into()));
+        }
+        let bb = backend.block_bytes(block_tokens);
+        if tier.block_bytes() != bb {
+            return Err(LlmError::Config(format!(
+                "tier {} stores blocks of {} bytes, this model needs {bb}",
+                tier.name(),
+                tier.block_bytes()
+            )));
+        }
+        let fetch_enabled = tier.name() != "none";
+        Ok(Engine {
+            namespace: backend.namespace(),
+            cache: LocalCache::new(budget_bytes.unwrap_or(u64::MAX), bb, tier),
+            backend,
+            block_tokens,
+            fetch_enabled,
+        })
+    }
+
+    /// The local cache.
+    pub fn cache(&self) -> &LocalCache {
+        &self.cache
+    }
+
+    /// The keys of the full blocks of `tokens` under this engine's namespace.
+    pub fn block_keys(&self, tokens: &[u32]) -> Vec<BlockKey> {
+        BlockKey::chain(self.namespace, tokens, self.block_tokens)
+    }
+
+    /// Serves one request: prefill `prompt` (reusing what the cache and the tier hold) and
+    /// generate `max_new` tokens greedily.
+    pub fn serve(&mut self, prompt: &[u32], max_new: usize) -> Result<RequestOutcome, LlmError> {
+        let t0 = Instant::now();
+        if prompt.is_empty() || max_new == 0 {
+            return Err(LlmError::Config(
+                "a request needs a prompt and at least one token to generate".into(),
+            ));
+        }
+        let written_before = self.cache.counters().bytes_written;
+        let b = self.block_tokens;
+        let len = prompt.len();
+        let keys = self.block_keys(prompt);
+        let reusable = ((len - 1) / b).min(keys.len());
+        let mut pinned = Vec::with_capacity(keys.len());
+        let result = self.serve_pinned(prompt, max_new, &keys[..], reusable, &mut pinned, t0);
+        // Unpin even on error, so a failed request does not leak pins.
+        let unpin = self.cache.unpin_all(&pinned);
+        let mut out = result?;
+        unpin?;
+        out.bytes_written = self.cache.counters().bytes_written - written_before;
+        out.total = t0.elapsed();
+        Ok(out)
+    }
+
+    fn serve_pinned(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        keys: &[BlockKey],
+        reusable: usize,
+        pinned: &mut Vec<BlockKey>,
+        t0: Instant,
+    ) -> Result<RequestOutcome, LlmError> {
+        let b = self.block_tokens;
+        let len = prompt.len();
+        let mut out = RequestOutcome {
+            prompt_tokens: len,
+            ..RequestOutcome::default()
+        };
+        // 1. The longest prefix held locally.
+        let mut local = 0;
+        while local < reusable && self.cache.pin(&keys[local]) {
+            pinned.push(keys[local]);
+            local += 1;
+        }
+        // 2. The tier continues it: one lookup, one batched read.
+        let mut from_tier = 0;
+        if local < reusable && self.fetch_enabled {
+            let rest = &keys[local..reusable];
+            let tier = Arc::clone(self.cache.tier());
+            let n = tier.contains_prefix(rest)?.min(rest.len());
+            if n > 0 {
+                let bb = self.backend.block_bytes(b);
+                let mut bufs = vec![vec![0u8; bb]; n];
+                let found = {
+                    let mut refs: Vec<&mut [u8]> =
+                        bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                    tier.get_many(&rest[..n], &mut refs)?
+                };
+                for (i, buf) in bufs.into_iter().enumerate() {
+                    if !found.get(i).copied().unwrap_or(false) {
+                        break;
+                    }
+                    out.bytes_fetched += buf.len() as u64;
+                    if let Backend::Replay(_) = self.backend {
+                        if !check_block(&rest[i], &buf) {
+                            out.block_mismatches += 1;
+                            break;
+                        }
+                    }
+                    self.cache.mark_in_tier(rest[i]);
+                    self.cache.insert_pinned(rest[i], buf)?;
+                    pinned.push(rest[i]);
+                    from_tier += 1;
+                }
+            }
+        }
+        let reused = local + from_tier;
+        out.reused_local = local * b;
+        out.reused_tier = from_tier * b;
+        out.prefill_computed = len - reused * b;
+        match self.backend {
+            Backend::Real(model) => {
+                let mut st = model.new_state(len + max_new)?;
+                for k in &keys[..reused] {
+                    let bytes = self.cache.get(k).ok_or_else(|| {
+                        LlmError::Internal("a pinned block left the cache".into())
+                    })?;
+                    model.load_block(&mut st, b, bytes)?;
+                }
+                let mut logits = Vec::new();
+                let mut s = reused * b;
+                while s < len {
+                    let e = (s + b).min(len);
+                    logits = model.forward(&mut st, &prompt[s..e])?;
+                    if e - s == b {
+                        let mut buf = vec![0u8; model.config().block_bytes(b)];
+                        model.save_block(&st, s, b, &mut buf)?;
+                        self.cache.insert_pinned(keys[s / b], buf)?;
+                        pinned.push(keys[s / b]);
+                    }
+                    s = e;
+                }
+                let mut tokens = Vec::with_capacity(max_new);
+                tokens.push(argmax(&logits));
+                out.ttft = t0.elapsed();
+                while tokens.len() < max_new {
+                    let last = tokens[tokens.len() - 1];
+                    logits = model.forward(&mut st, &[last])?;
+                    tokens.push(argmax(&logits));
+                }
+                out.tokens = tokens;
+            }
+            Backend::Replay(acc) => {
+                let bb = acc.block_bytes(b);
+                let mut deadline = Instant::now();
+                let mut s = reused * b;
+                while s < len {
+                    let e = (s + b).min(len);
+                    deadline += acc.prefill_time(e - s, s);
+                    if e - s == b {
+                        let mut buf = vec![0u8; bb];
+                        synth_block(&keys[s / b], &mut buf);
+                        self.cache.insert_pinned(keys[s / b], buf)?;
+                        pinned.push(keys[s / b]);
+                    }
+                    s = e;
+                }
+                sleep_until(deadline);
+                let mut dec = HashDecoder::new(prompt, acc.vocab_size);
+                let mut tokens = Vec::with_capacity(max_new);
+                tokens.push(dec.next_token());
+                out.ttft = t0.elapsed();
+                while tokens.len() < max_new {
+                    deadline += acc.decode_time(len + tokens.len());
+                    sleep_until(deadline);
+                    tokens.push(dec.next_token());
+                }
+                out.tokens = tokens;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// Computes the KV blocks of every full block of `tokens` from scratch, canonically (one
+/// block per forward, from position 0). Used to check that cached or fetched blocks are
+/// bit-identical to recomputed ones.
+pub fn compute_blocks(
+    model: &Model,
+    tokens: &[u32],
+    block_tokens: usize,
+) -> Result<Vec<Vec<u8>>, LlmError> {
+    let n = tokens.len() / block_tokens;
+    let mut st = model.new_state(n * block_tokens)?;
+    let mut blocks = Vec::with_capacity(n);
+    for i in 0..n {
+        model.forward(&mut st, &tokens[i * block_tokens..(i + 1) * block_tokens])?;
+        let mut buf = vec![0u8; model.config().block_bytes(block_tokens)];
+        model.save_block(&st, i * block_tokens, block_tokens, &mut buf)?;
+        blocks.push(buf);
+    }
+    Ok(blocks)
+}
