@@ -27,6 +27,8 @@ need_apt ip iproute2
 # A font for the bench chart's test (it skips without one).
 need_apt fc-list fontconfig
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt __dejavu__ fonts-dejavu-core
+# The KV tier's Redis tests start a redis-server of their own (they skip without it).
+need_apt redis-server redis-server
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"

@@ -5,13 +5,37 @@
 //! hash of every token id up to and including the block, so equal prefixes map to equal keys
 //! in every request and every process.
 //!
-//! Every store implements [`KvTier`]: the oxmem pool (the real thing), a local file opened with
-//! `O_DIRECT`, a real Redis server, and [`NoTier`] (keeps nothing: evicted blocks are
-//! recomputed).
+//! Every store implements [`KvTier`]: the oxmem pool ([`PoolTier`], the real thing), a local
+//! file opened with `O_DIRECT` ([`DiskTier`]), a real Redis server ([`RedisTier`]), and
+//! [`NoTier`] (keeps nothing: evicted blocks are recomputed).
+//!
+//! # What every store does
+//!
+//! - Blocks have a fixed size, [`KvTier::block_bytes`]; a block of another length, or a
+//!   `get_many` whose buffers do not match its keys, is [`KvError::BadArgument`].
+//! - A `put` of a key already stored refreshes it (new bytes, most recently used).
+//! - When the store holds its capacity, a `put` evicts: [`DiskTier`] and [`RedisTier`] the
+//!   least recently used block of the whole store, [`PoolTier`] the least recently used block
+//!   of the key's *set* (it is set-associative, so that several processes can share it without
+//!   a global index). "Used" means stored or found by `get`; `contains_prefix` only looks.
+//! - Bytes read back from a medium are checked (a header, a key copy, a checksum) before they
+//!   are returned: a block that is not what was stored is a miss, never wrong bytes.
+//! - [`KvStats`] counts block payloads: `bytes_written` and `bytes_read` exclude headers,
+//!   padding and lookups.
 
 #![forbid(unsafe_code)]
 
 use std::fmt;
+
+pub mod disk;
+mod lru;
+mod par;
+pub mod pool_tier;
+pub mod redis_tier;
+
+pub use disk::{DiskIo, DiskOptions, DiskTier};
+pub use pool_tier::{PoolTier, PoolTierOptions};
+pub use redis_tier::{RedisOptions, RedisTier};
 
 /// The key of one block: a 128-bit chained hash of the tokens up to and including the block.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,6 +93,98 @@ pub enum KvError {
     /// torn concurrent overwrite that could not be resolved).
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The file system holding a [`DiskTier`] refuses `O_DIRECT` (tmpfs, some FUSE and
+    /// network file systems); [`DiskOptions::allow_buffered`] opts into buffered IO instead.
+    #[error(
+        "{path}: O_DIRECT is not supported here ({reason}); use a directory on a disk file system, or allow buffered IO"
+    )]
+    DirectIoUnsupported {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the kernel said.
+        reason: String,
+    },
+    /// A store was made by another (incompatible) version of this crate or with another
+    /// geometry than the caller asked for.
+    #[error("incompatible store: {0}")]
+    Incompatible(String),
+}
+
+/// The checksum every store keeps beside a block: xxh3-64 of the bytes, seeded by the key, so
+/// the right bytes under another key do not pass either.
+pub(crate) fn block_checksum(key: &BlockKey, data: &[u8]) -> u64 {
+    let lo = u64::from_le_bytes(key.0[..8].try_into().unwrap_or_default());
+    let hi = u64::from_le_bytes(key.0[8..].try_into().unwrap_or_default());
+    xxhash_rust::xxh3::xxh3_64_with_seed(data, lo ^ hi.rotate_left(32))
+}
+
+/// The counters behind [`KvStats`], shared by the stores.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) puts: std::sync::atomic::AtomicU64,
+    pub(crate) hits: std::sync::atomic::AtomicU64,
+    pub(crate) misses: std::sync::atomic::AtomicU64,
+    pub(crate) evictions: std::sync::atomic::AtomicU64,
+    pub(crate) bytes_written: std::sync::atomic::AtomicU64,
+    pub(crate) bytes_read: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counters, with the capacity and the count held filled in.
+    pub(crate) fn snapshot(&self, capacity_blocks: u64, stored_blocks: u64) -> KvStats {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        KvStats {
+            capacity_blocks,
+            stored_blocks,
+            puts: get(&self.puts),
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            evictions: get(&self.evictions),
+            bytes_written: get(&self.bytes_written),
+            bytes_read: get(&self.bytes_read),
+        }
+    }
+}
+
+/// Checks the arguments of [`KvTier::put_many`].
+pub(crate) fn check_put(block_bytes: usize, blocks: &[(BlockKey, &[u8])]) -> Result<(), KvError> {
+    if let Some((i, (key, b))) = blocks
+        .iter()
+        .enumerate()
+        .find(|(_, (_, b))| b.len() != block_bytes)
+    {
+        return Err(KvError::BadArgument(format!(
+            "block {i} ({key:?}) has {} bytes, the store's blocks have {block_bytes}",
+            b.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the arguments of [`KvTier::get_many`].
+pub(crate) fn check_get(
+    block_bytes: usize,
+    keys: &[BlockKey],
+    out: &[&mut [u8]],
+) -> Result<(), KvError> {
+    if keys.len() != out.len() {
+        return Err(KvError::BadArgument(format!(
+            "{} keys but {} buffers",
+            keys.len(),
+            out.len()
+        )));
+    }
+    if let Some((i, b)) = out.iter().enumerate().find(|(_, b)| b.len() != block_bytes) {
+        return Err(KvError::BadArgument(format!(
+            "buffer {i} has {} bytes, the store's blocks have {block_bytes}",
+            b.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Usage counters of a store, since it was opened.
@@ -128,16 +244,28 @@ pub trait KvTier: Send + Sync + fmt::Debug {
     }
 }
 
-/// The tier that keeps nothing: every evicted block must be recomputed.
-#[derive(Debug, Clone)]
+/// The tier that keeps nothing: every evicted block must be recomputed. It still counts puts
+/// and misses, and refuses bad arguments like every store.
+#[derive(Debug)]
 pub struct NoTier {
     block_bytes: usize,
+    counters: Counters,
+}
+
+impl Clone for NoTier {
+    /// A tier for the same block size, with counters from zero.
+    fn clone(&self) -> Self {
+        NoTier::new(self.block_bytes)
+    }
 }
 
 impl NoTier {
     /// A tier for blocks of `block_bytes` that stores none of them.
     pub fn new(block_bytes: usize) -> NoTier {
-        NoTier { block_bytes }
+        NoTier {
+            block_bytes,
+            counters: Counters::default(),
+        }
     }
 }
 
@@ -148,17 +276,21 @@ impl KvTier for NoTier {
     fn block_bytes(&self) -> usize {
         self.block_bytes
     }
-    fn put_many(&self, _blocks: &[(BlockKey, &[u8])]) -> Result<(), KvError> {
+    fn put_many(&self, blocks: &[(BlockKey, &[u8])]) -> Result<(), KvError> {
+        check_put(self.block_bytes, blocks)?;
+        Counters::add(&self.counters.puts, blocks.len() as u64);
         Ok(())
     }
-    fn get_many(&self, keys: &[BlockKey], _out: &mut [&mut [u8]]) -> Result<Vec<bool>, KvError> {
+    fn get_many(&self, keys: &[BlockKey], out: &mut [&mut [u8]]) -> Result<Vec<bool>, KvError> {
+        check_get(self.block_bytes, keys, out)?;
+        Counters::add(&self.counters.misses, keys.len() as u64);
         Ok(vec![false; keys.len()])
     }
     fn contains_prefix(&self, _keys: &[BlockKey]) -> Result<usize, KvError> {
         Ok(0)
     }
     fn stats(&self) -> KvStats {
-        KvStats::default()
+        self.counters.snapshot(0, 0)
     }
 }
 

@@ -1,0 +1,334 @@
+//! `PoolTier` on a pool running in this process: the suite with LRU per set, the documented
+//! layout, damaged blocks, opening a region twice, and two OS processes sharing one store.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use oxmem_api::RegionId;
+use oxmem_client::AllocOptions;
+use oxmem_kv::{BlockKey, KvError, KvTier, PoolTier, PoolTierOptions};
+
+use crate::conformance::{Eviction, bytes_of, concurrent_use, conformance, random_key};
+use crate::pool_harness::{TestPool, connect};
+
+const BB: usize = 5000;
+
+/// One pool for every test of this binary (starting one costs a few hundred milliseconds).
+fn pool() -> &'static TestPool {
+    static POOL: OnceLock<TestPool> = OnceLock::new();
+    POOL.get_or_init(|| TestPool::start(2, 256 << 20))
+}
+
+fn session() -> &'static oxmem_client::Pool {
+    static SESSION: OnceLock<oxmem_client::Pool> = OnceLock::new();
+    SESSION.get_or_init(|| pool().connect())
+}
+
+/// A new store of at least `capacity` blocks of `BB` in sets of 8.
+fn store(capacity: u64) -> PoolTier {
+    let bytes = PoolTier::region_bytes(BB, capacity, 8).unwrap();
+    let region = session().alloc(bytes, AllocOptions::default()).unwrap();
+    PoolTier::create(region, BB, PoolTierOptions::default()).unwrap()
+}
+
+/// The set of a key, as the module docs define it.
+fn set_of(sets: u64) -> Box<dyn Fn(&BlockKey) -> u64> {
+    Box::new(move |k| u64::from_le_bytes(k.0[..8].try_into().unwrap()) % sets)
+}
+
+#[test]
+fn pool_tier_passes_the_suite_with_lru_within_each_set() {
+    conformance(&|| Box::new(store(32)) as Box<dyn KvTier>, &|t| {
+        let ways = 8;
+        let sets = t.stats().capacity_blocks / ways;
+        Eviction::SetLru {
+            ways: ways as usize,
+            set_of: set_of(sets),
+        }
+    });
+}
+
+#[test]
+fn pool_tier_reads_back_whole_blocks_under_concurrent_use() {
+    let tier = store(16);
+    assert!(concurrent_use(&tier, 4, 100) > 0);
+    assert!(tier.count_stored().unwrap() <= 16);
+}
+
+#[test]
+fn geometry_follows_the_region_and_the_set_mapping_is_the_documented_one() {
+    let tier = store(100);
+    assert_eq!(tier.ways(), 8);
+    // 100 blocks round up to 13 sets; the pool may round the region up and give more.
+    assert!(tier.sets() >= 13);
+    assert_eq!(tier.stats().capacity_blocks, tier.sets() * 8);
+    let f = set_of(tier.sets());
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    for _ in 0..100 {
+        let k = random_key(&mut rng);
+        assert_eq!(tier.set_of(&k), f(&k));
+    }
+    assert!(PoolTier::region_bytes(BB, 100, 8).unwrap() <= tier.region().len());
+    assert!(matches!(
+        PoolTier::region_bytes(0, 1, 8),
+        Err(KvError::BadArgument(_))
+    ));
+    let small = session().alloc(4096, AllocOptions::default()).unwrap();
+    assert!(matches!(
+        PoolTier::create(small, BB, PoolTierOptions::default()),
+        Err(KvError::BadArgument(_))
+    ));
+}
+
+/// Reads a little-endian u64 of the region.
+fn u64_at(tier: &PoolTier, offset: u64) -> u64 {
+    let mut b = [0u8; 8];
+    tier.region().read(offset, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// The slot whose directory entry holds `key`, found by scanning the directory as documented.
+fn slot_of(tier: &PoolTier, key: &BlockKey) -> u64 {
+    let dir = u64_at(tier, 40);
+    let slots = tier.sets() * u64::from(tier.ways());
+    let mut d = vec![0u8; slots as usize * 64];
+    tier.region().read(dir, &mut d).unwrap();
+    let slot = d
+        .chunks_exact(64)
+        .position(|e| &e[0..8] == b"OXKVENT1" && e[8..24] == key.0)
+        .expect("the key has a directory entry") as u64;
+    assert_eq!(
+        slot / u64::from(tier.ways()),
+        tier.set_of(key),
+        "in its set"
+    );
+    slot
+}
+
+#[test]
+fn damaged_blocks_and_entries_read_as_misses_and_can_be_stored_again() {
+    let tier = store(16);
+    let keys: Vec<BlockKey> = (1..=4u8).map(|i| BlockKey([i; 16])).collect();
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+    let data = u64_at(&tier, 48);
+    let slot_bytes = u64_at(&tier, 32);
+    let dir = u64_at(&tier, 40);
+    // A flipped byte in block 1; another key in block 2's trailer; another key in block 3's
+    // directory entry.
+    let s1 = slot_of(&tier, &keys[1]);
+    let s2 = slot_of(&tier, &keys[2]);
+    let s3 = slot_of(&tier, &keys[3]);
+    tier.region()
+        .write(data + s1 * slot_bytes + 7, &[blocks[1][7] ^ 1])
+        .unwrap();
+    tier.region()
+        .write(data + s2 * slot_bytes + BB as u64, &[0x66; 16])
+        .unwrap();
+    tier.region().write(dir + s3 * 64 + 8, &[0x77; 16]).unwrap();
+    let mut out = vec![vec![0u8; BB]; 4];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        tier.get_many(&keys[..3], &mut bufs[..3]).unwrap()
+    };
+    assert_eq!(found, vec![true, false, false]);
+    assert!(out[0] == blocks[0]);
+    // Another session, which has seen no slot yet, goes by the directory: block 3 is gone.
+    let other = pool().connect();
+    let second = PoolTier::open(
+        other.attach(tier.region().id()).unwrap(),
+        PoolTierOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(second.contains_prefix(&keys).unwrap(), 3);
+    assert!(!second.get(keys[3], &mut out[3]).unwrap());
+    // Stored again, every block comes back whole, to both.
+    tier.put_many(&batch[1..]).unwrap();
+    for t in [&tier, &second] {
+        let found = {
+            let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+            t.get_many(&keys, &mut bufs).unwrap()
+        };
+        assert_eq!(found, vec![true; 4]);
+        assert!(out == blocks);
+    }
+    // A store emptied by clear finds nothing. (Another process may still find a block in the
+    // slot it last saw it in, until the slot is reused: then with exactly its bytes.)
+    tier.clear().unwrap();
+    assert_eq!(tier.count_stored().unwrap(), 0);
+    assert_eq!(tier.contains_prefix(&keys).unwrap(), 0);
+    assert_eq!(second.contains_prefix(&keys).unwrap(), 0);
+    let mut one = vec![0u8; BB];
+    assert!(!tier.get(keys[0], &mut one).unwrap());
+    if second.get(keys[0], &mut one).unwrap() {
+        assert!(one == blocks[0]);
+    }
+}
+
+#[test]
+fn a_second_session_opens_the_store_and_sees_every_block() {
+    let tier = store(64);
+    let keys = BlockKey::chain(5, &(0..16 * 20).collect::<Vec<u32>>(), 16);
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+    let stored = tier.count_stored().unwrap();
+    assert_eq!(stored, tier.stats().stored_blocks);
+    let other = pool().connect();
+    let attached = other.attach(tier.region().id()).unwrap();
+    let second = PoolTier::open(attached, PoolTierOptions::default()).unwrap();
+    assert_eq!(second.sets(), tier.sets());
+    assert_eq!(second.block_bytes(), BB);
+    assert_eq!(second.stats().stored_blocks, stored, "counted at open");
+    let n = second.contains_prefix(&keys).unwrap();
+    assert_eq!(n, tier.contains_prefix(&keys).unwrap());
+    let mut out = vec![vec![0u8; BB]; keys.len()];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        second.get_many(&keys, &mut bufs).unwrap()
+    };
+    for i in 0..keys.len() {
+        assert_eq!(found[i], tier.contains_prefix(&keys[i..=i]).unwrap() == 1);
+        if found[i] {
+            assert!(out[i] == blocks[i]);
+        }
+    }
+    // What the second one stores, the first one finds.
+    let k = BlockKey([0x42; 16]);
+    second.put(k, &bytes_of(&k, BB)).unwrap();
+    let mut one = vec![0u8; BB];
+    assert!(tier.get(k, &mut one).unwrap());
+    assert!(one == bytes_of(&k, BB));
+}
+
+#[test]
+fn open_refuses_a_region_without_a_store_and_a_store_of_another_version() {
+    let bare = session().alloc(1 << 20, AllocOptions::default()).unwrap();
+    assert!(matches!(
+        PoolTier::open(bare, PoolTierOptions::default()),
+        Err(KvError::Corrupt(_))
+    ));
+    let tier = store(16);
+    let other = pool().connect();
+    tier.region().write(8, &2u32.to_le_bytes()).unwrap();
+    let attached = other.attach(tier.region().id()).unwrap();
+    assert!(matches!(
+        PoolTier::open(attached, PoolTierOptions::default()),
+        Err(KvError::Incompatible(_))
+    ));
+    // A damaged header field (the checksum no longer matches).
+    tier.region().write(8, &1u32.to_le_bytes()).unwrap();
+    tier.region().write(24, &7u64.to_le_bytes()).unwrap();
+    let attached = other.attach(tier.region().id()).unwrap();
+    assert!(matches!(
+        PoolTier::open(attached, PoolTierOptions::default()),
+        Err(KvError::Corrupt(_))
+    ));
+}
+
+const HELPER: &str = "pool::second_process_reads_the_prefix_and_stores_its_own";
+const PROCESS_SEED: u64 = 77;
+
+fn prefix(namespace: u64, blocks: usize) -> Vec<BlockKey> {
+    BlockKey::chain(
+        namespace,
+        &(0..(16 * blocks) as u32).collect::<Vec<_>>(),
+        16,
+    )
+}
+
+#[test]
+fn two_processes_share_one_store() {
+    let tier = store(256);
+    let keys = prefix(PROCESS_SEED, 24);
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+    let held = tier.contains_prefix(&keys).unwrap();
+    assert!(held >= 8, "most of the prefix is held ({held})");
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            HELPER,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("OXMEM_KV_TEST_COORDINATOR", &pool().url)
+        .env("OXMEM_KV_TEST_TOKEN", &pool().token)
+        .env("OXMEM_KV_TEST_REGION", tier.region().id().0.to_string())
+        .env("OXMEM_KV_TEST_HELD", held.to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "second process failed:\n{text}");
+    assert!(text.contains("1 passed"), "the helper ran:\n{text}");
+    // The second process's own blocks are here now.
+    let theirs = prefix(PROCESS_SEED + 1, 8);
+    assert_eq!(tier.contains_prefix(&theirs).unwrap(), 8);
+    let mut out = vec![vec![0u8; BB]; theirs.len()];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        tier.get_many(&theirs, &mut bufs).unwrap()
+    };
+    assert_eq!(found, vec![true; 8]);
+    for (k, o) in theirs.iter().zip(&out) {
+        assert!(*o == bytes_of(k, BB));
+    }
+}
+
+/// The second process of [`two_processes_share_one_store`] (run by it, with the pool and the
+/// region in its environment; ignored otherwise).
+#[test]
+#[ignore = "run by two_processes_share_one_store as a second process"]
+fn second_process_reads_the_prefix_and_stores_its_own() {
+    let var =
+        |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is set by the first process"));
+    let session = connect(
+        &var("OXMEM_KV_TEST_COORDINATOR"),
+        &var("OXMEM_KV_TEST_TOKEN"),
+    );
+    let id = RegionId(var("OXMEM_KV_TEST_REGION").parse().unwrap());
+    let held: usize = var("OXMEM_KV_TEST_HELD").parse().unwrap();
+    let region = session.attach(id).unwrap();
+    let tier = PoolTier::open(region, PoolTierOptions::default()).unwrap();
+    let keys = prefix(PROCESS_SEED, 24);
+    assert_eq!(tier.contains_prefix(&keys).unwrap(), held);
+    let mut out = vec![vec![0u8; BB]; held];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        tier.get_many(&keys[..held], &mut bufs).unwrap()
+    };
+    assert_eq!(found, vec![true; held]);
+    for (k, o) in keys.iter().zip(&out) {
+        assert!(
+            *o == bytes_of(k, BB),
+            "block {k:?} as the first process stored it"
+        );
+    }
+    let mine = prefix(PROCESS_SEED + 1, 8);
+    let blocks: Vec<Vec<u8>> = mine.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = mine
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+}
