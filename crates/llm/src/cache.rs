@@ -163,8 +163,8 @@ impl LocalCache {
             // Oldest unpinned block; pinned ones are skipped (temporary overflow).
             let victim = self
                 .lru
-                .iter()
-                .map(|(_, k)| *k)
+                .values()
+                .copied()
                 .find(|k| self.entries.get(k).is_some_and(|e| e.pins == 0));
             let Some(victim) = victim else { break };
             let Some(e) = self.entries.remove(&victim) else {

@@ -169,45 +169,70 @@ impl<'a> Engine<'a> {
             prompt_tokens: len,
             ..RequestOutcome::default()
         };
-        // 1. The longest prefix held locally.
-        let mut local = 0;
-        while local < reusable && self.cache.pin(&keys[local]) {
-            pinned.push(keys[local]);
-            local += 1;
-        }
-        // 2. The tier continues it: one lookup, one batched read.
-        let mut from_tier = 0;
-        if local < reusable && self.fetch_enabled {
-            let rest = &keys[local..reusable];
+        // 1. Pin every reusable block held locally, so fetching others cannot evict them.
+        let held: Vec<bool> = keys[..reusable]
+            .iter()
+            .map(|k| {
+                let held = self.cache.pin(k);
+                if held {
+                    pinned.push(*k);
+                }
+                held
+            })
+            .collect();
+        // 2. Walk the prefix: local blocks are used in place; each run of blocks missing
+        // locally is continued from the tier (one lookup, one batched read per run; usually
+        // there is a single run, after the local prefix). The walk stops at the first block
+        // found nowhere.
+        let (mut local, mut from_tier) = (0, 0);
+        let mut i = 0;
+        while i < reusable {
+            if held[i] {
+                local += 1;
+                i += 1;
+                continue;
+            }
+            if !self.fetch_enabled {
+                break;
+            }
+            let j = (i..reusable).find(|&x| held[x]).unwrap_or(reusable);
+            let run = &keys[i..j];
             let tier = Arc::clone(self.cache.tier());
-            let n = tier.contains_prefix(rest)?.min(rest.len());
-            if n > 0 {
-                let bb = self.backend.block_bytes(b);
-                let mut bufs = vec![vec![0u8; bb]; n];
-                let found = {
-                    let mut refs: Vec<&mut [u8]> =
-                        bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
-                    tier.get_many(&rest[..n], &mut refs)?
-                };
-                for (i, buf) in bufs.into_iter().enumerate() {
-                    if !found.get(i).copied().unwrap_or(false) {
+            let n = tier.contains_prefix(run)?.min(run.len());
+            if n == 0 {
+                break;
+            }
+            let bb = self.backend.block_bytes(b);
+            let mut bufs = vec![vec![0u8; bb]; n];
+            let found = {
+                let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
+                tier.get_many(&run[..n], &mut refs)?
+            };
+            let mut got = 0;
+            for (k, buf) in run.iter().zip(bufs) {
+                if !found.get(got).copied().unwrap_or(false) {
+                    break;
+                }
+                out.bytes_fetched += buf.len() as u64;
+                if let Backend::Replay(_) = self.backend {
+                    if !check_block(k, &buf) {
+                        out.block_mismatches += 1;
                         break;
                     }
-                    out.bytes_fetched += buf.len() as u64;
-                    if let Backend::Replay(_) = self.backend {
-                        if !check_block(&rest[i], &buf) {
-                            out.block_mismatches += 1;
-                            break;
-                        }
-                    }
-                    self.cache.mark_in_tier(rest[i]);
-                    self.cache.insert_pinned(rest[i], buf)?;
-                    pinned.push(rest[i]);
-                    from_tier += 1;
                 }
+                self.cache.mark_in_tier(*k);
+                self.cache.insert_pinned(*k, buf)?;
+                pinned.push(*k);
+                got += 1;
+            }
+            from_tier += got;
+            i += got;
+            if got < run.len() {
+                break;
             }
         }
-        let reused = local + from_tier;
+        let reused = i;
+        debug_assert_eq!(reused, local + from_tier);
         out.reused_local = local * b;
         out.reused_tier = from_tier * b;
         out.prefill_computed = len - reused * b;

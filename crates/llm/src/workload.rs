@@ -44,7 +44,7 @@ impl Default for WorkloadConfig {
             seed: 42,
             users: 8,
             system_prompt_tokens: 256,
-            rounds: 4,
+            rounds: 5,
             first_question_tokens: 512,
             question_tokens: 32,
             answer_tokens: 8,
@@ -215,7 +215,8 @@ impl Workload {
         let mut emitted = 0;
         for (i, c) in chat.into_iter().enumerate() {
             steps.push(c);
-            let due = if nc == 0 { nd } else { (i + 1) * nd / nc };
+            // i < nc here, so nc > 0.
+            let due = (i + 1) * nd / nc;
             while emitted < due {
                 if let Some(d) = docs.next() {
                     steps.push(d);
