@@ -166,6 +166,13 @@ fn config(args: &CoordArgs, admin: &str, node: &str, mover: &ClientMover) -> Coo
     c
 }
 
+/// How long the coordinator waits for a node's admin API. The coordinator holds its state
+/// while it calls nodes, so a call to an unreachable node must end well within a lease, or
+/// every heartbeat waiting behind it would arrive late.
+fn control_timeout(lease: Duration) -> Duration {
+    (lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
 fn mover_ip(listen: &SocketAddr, explicit: Option<IpAddr>) -> IpAddr {
     explicit.unwrap_or(if listen.ip().is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -185,7 +192,7 @@ pub fn coord(args: CoordArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let mover = ClientMover::bind(mover_ip(&args.listen, args.mover_ip))?;
-    let control = HttpNodeControl::new(node.clone(), Duration::from_secs(2));
+    let control = HttpNodeControl::new(node.clone(), control_timeout(args.lease));
     rt.block_on(async move {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
@@ -344,7 +351,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 let mover = ClientMover::bind(mover_ip(&coord_args.listen, None))?;
                 let control = HttpNodeControl::new(
                     coord_args.node_token.clone().unwrap_or_default(),
-                    Duration::from_secs(2),
+                    control_timeout(coord_args.lease),
                 );
                 let dir = coord_args.data_dir.clone().unwrap_or_default();
                 let store = RedbStore::open(&dir)?;

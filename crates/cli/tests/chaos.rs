@@ -360,6 +360,7 @@ fn client(
         }
         counts.op("final read", last.is_none());
         if let Some(e) = last {
+            diagnose(&url, region, &pool);
             panic!(
                 "client {id}: region {} cannot be read at the end: {e}; {:?}",
                 region.id(),
@@ -374,6 +375,49 @@ fn client(
     }
     let _ = pool.close();
     counts
+}
+
+/// Prints, for every copy of a region, what its node's grant table holds over that copy's
+/// range, beside the coordinator's view of the node (for a read that failed at the end).
+fn diagnose(url: &str, region: &Region, pool: &Pool) {
+    let info = region.info();
+    let nodes: Vec<oxmem_api::NodeInfo> = get_json(url, "/v1/nodes", ADMIN).unwrap_or_default();
+    let known =
+        get_json::<oxmem_api::RegionInfo>(url, &format!("/v1/regions/{}", info.region_id), ADMIN);
+    eprintln!(
+        "region {} of session {}: at the coordinator: {:?}",
+        info.region_id,
+        pool.session(),
+        known.map(|r| r.health)
+    );
+    for n in &nodes {
+        eprintln!(
+            "  node {} {} {:?} epoch {} admin {}",
+            n.node_id, n.name, n.health, n.epoch, n.admin_url
+        );
+    }
+    for s in &info.stripes {
+        for c in &s.copies {
+            let Some(n) = nodes.iter().find(|n| n.node_id == c.node_id) else {
+                continue;
+            };
+            let grants: Vec<serde_json::Value> =
+                get_json(&n.admin_url, "/v1/grants", NODE_TOKEN).unwrap_or_default();
+            let covering: Vec<String> = grants
+                .iter()
+                .filter(|g| {
+                    let base = g["base"].as_u64().unwrap_or(0);
+                    let len = g["len"].as_u64().unwrap_or(0);
+                    base <= c.address && c.address < base + len
+                })
+                .map(|g| g.to_string())
+                .collect();
+            eprintln!(
+                "  stripe {} copy {}@{:#x} healthy {}: node grants there: {covering:?}",
+                s.index, c.node_id, c.address, c.healthy
+            );
+        }
+    }
 }
 
 /// Whether every node is up and no stripe is degraded.

@@ -543,11 +543,13 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
     /// returns; otherwise they run as tasks.
     pub async fn tick(&self, wait: bool) {
         let plans = {
+            // Leases are judged as of when this pass began: heartbeats that arrived while it
+            // waited for the lock were held up by the coordinator, not by their senders.
+            let now = self.now_ms();
             let mut st = self.inner.state.lock().await;
             if !self.is_leader() {
                 return;
             }
-            let now = self.now_ms();
             let cfg = &self.inner.config;
             let mut b = Batch::new();
             let down = st.expire_nodes(now, cfg.lease.as_millis() as u64, &mut b);
@@ -807,9 +809,10 @@ async fn heartbeat_node<S: MetadataStore, C: NodeControl, M: DataMover>(
     headers: HeaderMap,
     Param(id): Param,
 ) -> Answer<Lease> {
+    let arrived = co.now_ms(); // the lease counts from here (see `heartbeat_session`)
     let mut st = co.enter_as_node(&headers).await?;
     let mut b = Batch::new();
-    st.heartbeat_node(&NodeId(id), co.now_ms(), &mut b)?;
+    st.heartbeat_node(&NodeId(id), arrived, &mut b)?;
     co.commit(&mut st, b).await?;
     Ok(axum::Json(Lease {
         lease_ms: co.config().lease.as_millis() as u64,
@@ -867,8 +870,11 @@ async fn heartbeat_session<S: MetadataStore, C: NodeControl, M: DataMover>(
     headers: HeaderMap,
     Param(id): Param,
 ) -> Answer<Lease> {
+    // The lease counts from when the heartbeat arrived, not from when the state lock was
+    // free: a coordinator busy for a while must not expire the sessions that waited on it.
+    let arrived = co.now_ms();
     let (mut st, tenant) = co.enter_as_tenant(&headers).await?;
-    st.heartbeat_session(&tenant, &SessionId(id), co.now_ms())?;
+    st.heartbeat_session(&tenant, &SessionId(id), arrived)?;
     Ok(axum::Json(Lease {
         lease_ms: co.config().session_lease.as_millis() as u64,
     }))

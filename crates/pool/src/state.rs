@@ -735,7 +735,7 @@ impl State {
             .nodes
             .get_mut(id)
             .ok_or_else(|| err(ErrorCode::UnknownNode, format!("no node {id}: register")))?;
-        node.last_heartbeat = now;
+        node.last_heartbeat = node.last_heartbeat.max(now);
         if node.up {
             return Ok(false);
         }
@@ -1113,7 +1113,8 @@ impl State {
         now: u64,
     ) -> Result<(), ApiError> {
         self.own_session(Some(tenant), id)?;
-        self.sessions.get_mut(id).expect("checked").last_heartbeat = now;
+        let s = self.sessions.get_mut(id).expect("checked");
+        s.last_heartbeat = s.last_heartbeat.max(now);
         Ok(())
     }
 
@@ -1157,6 +1158,12 @@ impl State {
             .collect();
         let mut out = Vec::new();
         for id in expired {
+            if let Some(s) = self.sessions.get(&id) {
+                eprintln!(
+                    "oxmem coord: session {id} expired: no heartbeat for {} ms (lease {lease_ms} ms); its regions are freed",
+                    now.saturating_sub(s.last_heartbeat)
+                );
+            }
             out.extend(self.close_session(None, &id, batch).unwrap_or_default());
         }
         out

@@ -45,9 +45,19 @@ impl Running {
                 }
             }
         });
+        // With OXMEM_TEST_ECHO_STDERR set, what children say on stderr is echoed as it comes
+        // (for diagnosing long runs whose children are killed before they finish).
+        let echo = std::env::var_os("OXMEM_TEST_ECHO_STDERR").is_some();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
+            for line in BufReader::new(&mut stderr).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("{line}");
+                }
+                s.push_str(&line);
+                s.push('\n');
+            }
             s
         });
         Running {
