@@ -4,6 +4,7 @@
 
 mod conformance;
 mod disk;
+mod measure;
 mod none;
 mod pool;
 mod pool_harness;
