@@ -78,6 +78,8 @@ const ENTRY: usize = 64;
 const TRAILER: usize = 32;
 /// Offset of the stamp in a directory entry.
 const STAMP_AT: u64 = 32;
+/// Most slots per set (a set's directory is read whole at every put).
+pub const MAX_WAYS: u32 = 1024;
 /// Locks serialising this process's puts per set (a set uses lock `set % SET_LOCKS`).
 const SET_LOCKS: u64 = 64;
 
@@ -227,6 +229,11 @@ impl Geometry {
             return Err(KvError::Corrupt("store header checksum mismatch".into()));
         }
         let ways = u32_at(12);
+        if ways > MAX_WAYS {
+            return Err(KvError::Incompatible(format!(
+                "{ways} ways per set (at most {MAX_WAYS})"
+            )));
+        }
         let block_bytes = usize::try_from(u64_at(16)).unwrap_or(0);
         let sets = u64_at(24);
         let nonce = u64_at(64);
@@ -369,10 +376,10 @@ impl PoolTier {
         capacity_blocks: u64,
         ways: u32,
     ) -> Result<u64, KvError> {
-        if block_bytes == 0 || capacity_blocks == 0 || ways == 0 {
-            return Err(KvError::BadArgument(
-                "block size, capacity and ways must be positive".into(),
-            ));
+        if block_bytes == 0 || capacity_blocks == 0 || ways == 0 || ways > MAX_WAYS {
+            return Err(KvError::BadArgument(format!(
+                "block size and capacity must be positive and ways in 1..={MAX_WAYS}"
+            )));
         }
         let sets = capacity_blocks.div_ceil(u64::from(ways));
         Geometry::with_sets(block_bytes, ways, sets, 0)
@@ -385,16 +392,18 @@ impl PoolTier {
     ///
     /// # Errors
     /// [`KvError::BadArgument`] when not one set fits; [`KvError::Pool`] when the region
-    /// cannot be written.
+    /// cannot be written. On error the region is dropped (an allocated one is freed).
     pub fn create(
         region: Region,
         block_bytes: usize,
         options: PoolTierOptions,
     ) -> Result<PoolTier, KvError> {
-        if block_bytes == 0 || options.ways == 0 {
-            return Err(KvError::BadArgument(
-                "block size and ways must be positive".into(),
-            ));
+        if block_bytes == 0 || options.ways == 0 || options.ways > MAX_WAYS {
+            return Err(KvError::BadArgument(format!(
+                "block size must be positive and ways in 1..={MAX_WAYS} (got {block_bytes} \
+                 bytes, {} ways)",
+                options.ways
+            )));
         }
         let nonce = xxhash_rust::xxh3::xxh3_64(
             format!("{}:{}:{:?}", nanos_now(), std::process::id(), region.id()).as_bytes(),
@@ -421,7 +430,8 @@ impl PoolTier {
     /// # Errors
     /// [`KvError::Corrupt`] when the region holds no store or a damaged header;
     /// [`KvError::Incompatible`] when it holds another format version; [`KvError::Pool`]
-    /// when it cannot be read.
+    /// when it cannot be read. On error the region is dropped (an allocated one is freed,
+    /// an attached one is not).
     pub fn open(region: Region, options: PoolTierOptions) -> Result<PoolTier, KvError> {
         let mut h = [0u8; 80];
         region.read(0, &mut h)?;

@@ -162,6 +162,43 @@ fn damaged_slots_read_as_misses_and_a_short_file_as_an_io_error() {
 }
 
 #[test]
+fn a_file_of_random_bytes_is_never_returned_as_a_block() {
+    use rand::{RngCore, SeedableRng};
+    let dir = scratch();
+    let path = dir.path().join("kv.bin");
+    let Some(tier) = direct(&path, 8) else {
+        return;
+    };
+    let keys: Vec<BlockKey> = (1..=8u8).map(|i| BlockKey([i; 16])).collect();
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+    let mut junk = vec![0u8; 8 * tier.slot_bytes()];
+    rand_chacha::ChaCha8Rng::seed_from_u64(1).fill_bytes(&mut junk);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&junk, 0)
+        .unwrap();
+    let mut out = vec![vec![0u8; BB]; 8];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        tier.get_many(&keys, &mut bufs).unwrap()
+    };
+    assert_eq!(found, vec![false; 8]);
+    assert_eq!(
+        tier.stats().stored_blocks,
+        0,
+        "every damaged block forgotten"
+    );
+}
+
+#[test]
 fn zero_sizes_are_bad_arguments() {
     let dir = scratch();
     let path = dir.path().join("kv.bin");

@@ -1,8 +1,9 @@
 //! `PoolTier` on a pool running in this process: the suite with LRU per set, the documented
 //! layout, damaged blocks, opening a region twice, and two OS processes sharing one store.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use oxmem_api::RegionId;
 use oxmem_client::AllocOptions;
@@ -171,6 +172,78 @@ fn damaged_blocks_and_entries_read_as_misses_and_can_be_stored_again() {
 }
 
 #[test]
+fn garbage_in_the_region_is_never_returned_and_never_panics() {
+    use rand::{RngCore, SeedableRng};
+    let tier = store(32);
+    let keys: Vec<BlockKey> = (1..=8u8).map(|i| BlockKey([i; 16])).collect();
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    tier.put_many(&batch).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let len = tier.region().len();
+    // Everything after the header: random bytes, and then some directory entries that carry
+    // the tag and a real key but point at garbage.
+    let mut junk = vec![0u8; (len - 4096) as usize];
+    rng.fill_bytes(&mut junk);
+    tier.region().write(4096, &junk).unwrap();
+    let dir = u64_at(&tier, 40);
+    for (i, k) in keys.iter().enumerate() {
+        let mut e = [0u8; 64];
+        rng.fill_bytes(&mut e);
+        e[0..8].copy_from_slice(b"OXKVENT1");
+        e[8..24].copy_from_slice(&k.0);
+        tier.region()
+            .write(dir + slot_of_set(&tier, k, i) * 64, &e)
+            .unwrap();
+    }
+    let other = pool().connect();
+    let second = PoolTier::open(
+        other.attach(tier.region().id()).unwrap(),
+        PoolTierOptions::default(),
+    )
+    .unwrap();
+    let get_all = |t: &PoolTier, out: &mut Vec<Vec<u8>>| {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        t.get_many(&keys, &mut bufs).unwrap()
+    };
+    let mut out = vec![vec![0u8; BB]; keys.len()];
+    for t in [&tier, &second] {
+        assert_eq!(
+            get_all(t, &mut out),
+            vec![false; keys.len()],
+            "garbage is never a block"
+        );
+        assert!(t.stats().stored_blocks <= t.stats().capacity_blocks);
+    }
+    // The store still works on top of the garbage.
+    second.put_many(&batch).unwrap();
+    for t in [&tier, &second] {
+        assert_eq!(get_all(t, &mut out), vec![true; keys.len()]);
+        assert!(out == blocks);
+    }
+    // A header of random bytes: refused, not a panic.
+    let mut h = [0u8; 4096];
+    rng.fill_bytes(&mut h);
+    tier.region().write(0, &h).unwrap();
+    assert!(matches!(
+        PoolTier::open(
+            other.attach(tier.region().id()).unwrap(),
+            PoolTierOptions::default()
+        ),
+        Err(KvError::Corrupt(_))
+    ));
+}
+
+/// A slot of `key`'s set (way `i mod ways`).
+fn slot_of_set(tier: &PoolTier, key: &BlockKey, i: usize) -> u64 {
+    tier.set_of(key) * u64::from(tier.ways()) + (i as u64 % u64::from(tier.ways()))
+}
+
+#[test]
 fn a_second_session_opens_the_store_and_sees_every_block() {
     let tier = store(64);
     let keys = BlockKey::chain(5, &(0..16 * 20).collect::<Vec<u32>>(), 16);
@@ -235,6 +308,38 @@ fn open_refuses_a_region_without_a_store_and_a_store_of_another_version() {
     ));
 }
 
+/// Runs `cmd` to its end, killing it after `limit`; its exit status and its output.
+fn run_for_at_most(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    (status, text)
+}
+
 const HELPER: &str = "pool::second_process_reads_the_prefix_and_stores_its_own";
 const PROCESS_SEED: u64 = 77;
 
@@ -259,26 +364,23 @@ fn two_processes_share_one_store() {
     tier.put_many(&batch).unwrap();
     let held = tier.contains_prefix(&keys).unwrap();
     assert!(held >= 8, "most of the prefix is held ({held})");
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            HELPER,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("OXMEM_KV_TEST_COORDINATOR", &pool().url)
-        .env("OXMEM_KV_TEST_TOKEN", &pool().token)
-        .env("OXMEM_KV_TEST_REGION", tier.region().id().0.to_string())
-        .env("OXMEM_KV_TEST_HELD", held.to_string())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        HELPER,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("OXMEM_KV_TEST_COORDINATOR", &pool().url)
+    .env("OXMEM_KV_TEST_TOKEN", &pool().token)
+    .env("OXMEM_KV_TEST_REGION", tier.region().id().0.to_string())
+    .env("OXMEM_KV_TEST_HELD", held.to_string());
+    let (status, text) = run_for_at_most(cmd, Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "second process failed ({status}):\n{text}"
     );
-    assert!(output.status.success(), "second process failed:\n{text}");
     assert!(text.contains("1 passed"), "the helper ran:\n{text}");
     // The second process's own blocks are here now.
     let theirs = prefix(PROCESS_SEED + 1, 8);
