@@ -52,6 +52,7 @@ pub struct LocalCache {
     clock: u64,
     in_tier: HashSet<BlockKey>,
     pending: Vec<(BlockKey, Vec<u8>)>,
+    free: Vec<Vec<u8>>,
     counters: CacheCounters,
 }
 
@@ -73,6 +74,7 @@ impl LocalCache {
             clock: 0,
             in_tier: HashSet::new(),
             pending: Vec::new(),
+            free: Vec::new(),
             counters: CacheCounters::default(),
         }
     }
@@ -85,6 +87,20 @@ impl LocalCache {
     /// Counters so far.
     pub fn counters(&self) -> CacheCounters {
         self.counters
+    }
+
+    /// A block-sized buffer with unspecified contents: a recycled one (an evicted block's)
+    /// when there is one, so steady-state serving does not fault in fresh pages.
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.block_bytes])
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.free.len() < 2 * WRITE_BATCH && buf.len() == self.block_bytes {
+            self.free.push(buf);
+        }
     }
 
     /// Bytes held locally now.
@@ -172,15 +188,16 @@ impl LocalCache {
             };
             self.lru.remove(&e.tick);
             self.counters.evictions += 1;
-            if self.writes_enabled {
-                if self.in_tier.contains(&victim) {
-                    self.counters.tier_writes_skipped += 1;
-                } else {
-                    self.pending.push((victim, e.data));
-                    if self.pending.len() >= WRITE_BATCH {
-                        self.flush()?;
-                    }
+            if self.writes_enabled && !self.in_tier.contains(&victim) {
+                self.pending.push((victim, e.data));
+                if self.pending.len() >= WRITE_BATCH {
+                    self.flush()?;
                 }
+            } else {
+                if self.writes_enabled {
+                    self.counters.tier_writes_skipped += 1;
+                }
+                self.recycle(e.data);
             }
         }
         Ok(())
@@ -195,10 +212,12 @@ impl LocalCache {
         let refs: Vec<(BlockKey, &[u8])> =
             pending.iter().map(|(k, d)| (*k, d.as_slice())).collect();
         self.tier.put_many(&refs)?;
-        for (k, d) in &pending {
-            self.in_tier.insert(*k);
+        drop(refs);
+        for (k, d) in pending {
+            self.in_tier.insert(k);
             self.counters.tier_writes += 1;
             self.counters.bytes_written += d.len() as u64;
+            self.recycle(d);
         }
         Ok(())
     }

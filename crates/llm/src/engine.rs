@@ -202,8 +202,7 @@ impl<'a> Engine<'a> {
             if n == 0 {
                 break;
             }
-            let bb = self.backend.block_bytes(b);
-            let mut bufs = vec![vec![0u8; bb]; n];
+            let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| self.cache.take_buffer()).collect();
             let found = {
                 let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|v| v.as_mut_slice()).collect();
                 tier.get_many(&run[..n], &mut refs)?
@@ -251,7 +250,7 @@ impl<'a> Engine<'a> {
                     let e = (s + b).min(len);
                     logits = model.forward(&mut st, &prompt[s..e])?;
                     if e - s == b {
-                        let mut buf = vec![0u8; model.config().block_bytes(b)];
+                        let mut buf = self.cache.take_buffer();
                         model.save_block(&st, s, b, &mut buf)?;
                         self.cache.insert_pinned(keys[s / b], buf)?;
                         pinned.push(keys[s / b]);
@@ -269,14 +268,13 @@ impl<'a> Engine<'a> {
                 out.tokens = tokens;
             }
             Backend::Replay(acc) => {
-                let bb = acc.block_bytes(b);
                 let mut deadline = Instant::now();
                 let mut s = reused * b;
                 while s < len {
                     let e = (s + b).min(len);
                     deadline += acc.prefill_time(e - s, s);
                     if e - s == b {
-                        let mut buf = vec![0u8; bb];
+                        let mut buf = self.cache.take_buffer();
                         synth_block(&keys[s / b], &mut buf);
                         self.cache.insert_pinned(keys[s / b], buf)?;
                         pinned.push(keys[s / b]);

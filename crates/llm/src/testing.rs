@@ -12,6 +12,8 @@ struct Inner {
     lru: BTreeMap<u64, BlockKey>,
     clock: u64,
     stats: KvStats,
+    /// Buffers of dropped blocks, reused by later puts.
+    free: Vec<Vec<u8>>,
 }
 
 /// An in-memory tier holding up to `capacity_blocks` blocks; the least recently used block is
@@ -67,20 +69,31 @@ impl KvTier for MemTier {
             let clock = g.clock;
             if let Some((old, tick)) = g.blocks.remove(key) {
                 g.lru.remove(&tick);
-                drop(old);
+                g.free.push(old);
             } else {
                 while g.blocks.len() as u64 >= self.capacity_blocks {
                     let Some((_, victim)) = g.lru.pop_first() else {
                         break;
                     };
-                    g.blocks.remove(&victim);
+                    if let Some((old, _)) = g.blocks.remove(&victim) {
+                        g.free.push(old);
+                    }
                     g.stats.evictions += 1;
                 }
             }
             if self.capacity_blocks == 0 {
                 continue;
             }
-            g.blocks.insert(*key, (data.to_vec(), clock));
+            // Reuse a dropped block's buffer when there is one (no fresh pages to fault in).
+            let buf = match g.free.pop() {
+                Some(mut b) => {
+                    b.copy_from_slice(data);
+                    b
+                }
+                None => data.to_vec(),
+            };
+            g.free.truncate(16);
+            g.blocks.insert(*key, (buf, clock));
             g.lru.insert(clock, *key);
             g.stats.puts += 1;
             g.stats.bytes_written += data.len() as u64;
