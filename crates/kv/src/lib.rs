@@ -22,6 +22,31 @@
 //!   are returned: a block that is not what was stored is a miss, never wrong bytes.
 //! - [`KvStats`] counts block payloads: `bytes_written` and `bytes_read` exclude headers,
 //!   padding and lookups.
+//!
+//! # Example
+//!
+//! ```
+//! use oxmem_kv::{BlockKey, DiskOptions, DiskTier, KvTier};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! // 64 blocks of 16 KiB in a file opened with O_DIRECT (buffered if the file system refuses).
+//! let options = DiskOptions { allow_buffered: true, ..DiskOptions::default() };
+//! let tier = DiskTier::create(dir.path().join("kv.bin"), 16 << 10, 64, options)?;
+//!
+//! let tokens: Vec<u32> = (0..64).collect();
+//! let keys = BlockKey::chain(1, &tokens, 16); // 4 blocks of 16 tokens
+//! let block = vec![7u8; 16 << 10];
+//! tier.put_many(&[(keys[0], &block[..]), (keys[1], &block[..])])?;
+//! assert_eq!(tier.contains_prefix(&keys)?, 2);
+//!
+//! let mut out = vec![vec![0u8; 16 << 10]; 4];
+//! let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+//! assert_eq!(tier.get_many(&keys, &mut bufs)?, [true, true, false, false]);
+//! assert_eq!(out[1], block);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 
