@@ -78,7 +78,7 @@ fn disk_tier_reads_back_whole_blocks_under_concurrent_use() {
 }
 
 #[test]
-fn the_file_has_one_aligned_slot_per_block_and_is_deleted_on_drop() {
+fn the_file_has_one_aligned_slot_per_block_clears_and_is_deleted_on_drop() {
     let dir = scratch();
     let path = dir.path().join("kv.bin");
     let Some(tier) = direct(&path, 10) else {
@@ -88,6 +88,16 @@ fn the_file_has_one_aligned_slot_per_block_and_is_deleted_on_drop() {
     assert_eq!(tier.slot_bytes(), 8192);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 10 * 8192);
     assert_eq!(tier.path(), path);
+    // clear forgets every block; the slots are used again from the first.
+    let k = BlockKey([3; 16]);
+    tier.put(k, &bytes_of(&k, BB)).unwrap();
+    tier.clear();
+    assert_eq!(tier.contains_prefix(&[k]).unwrap(), 0);
+    assert_eq!(tier.stats().stored_blocks, 0);
+    let mut out = vec![0u8; BB];
+    assert!(!tier.get(k, &mut out).unwrap());
+    tier.put(k, &bytes_of(&k, BB)).unwrap();
+    assert!(tier.get(k, &mut out).unwrap());
     drop(tier);
     assert!(!path.exists(), "deleted with the tier");
     let kept = DiskTier::create(
