@@ -350,11 +350,16 @@ fn spawn_heartbeat(inner: std::sync::Weak<Inner>, lease: Lease, stop: Arc<Atomic
     let _ = std::thread::Builder::new()
         .name("oxmem-pool-heartbeat".into())
         .spawn(move || {
+            let mut wait = every;
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(every);
+                std::thread::sleep(wait);
                 let Some(inner) = inner.upgrade() else { return };
                 let path = format!("/v1/sessions/{}/heartbeat", inner.session);
-                let _ = inner.call::<Lease>(inner.http.post(inner.url(&path)));
+                // After a failure (the coordinator restarting, say) try again soon.
+                wait = match inner.call::<Lease>(inner.http.post(inner.url(&path))) {
+                    Ok(_) => every,
+                    Err(_) => every.min(Duration::from_millis(100)),
+                };
             }
         });
 }

@@ -556,7 +556,14 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             for _ in &down {
                 metrics::counter!("oxmem_coord_node_lease_expiries_total").increment(1);
             }
-            let freed = st.expire_sessions(now, cfg.session_lease.as_millis() as u64, &mut b);
+            // Right after a start (a restart, a failover), sessions get one more lease: their
+            // clients were heartbeating a coordinator that was not there, and retry.
+            let session_lease = cfg.session_lease.as_millis() as u64;
+            let freed = if now > session_lease {
+                st.expire_sessions(now, session_lease, &mut b)
+            } else {
+                Vec::new()
+            };
             if !freed.is_empty() {
                 metrics::counter!("oxmem_coord_session_lease_expiries_total").increment(1);
             }

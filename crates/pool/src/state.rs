@@ -657,9 +657,13 @@ impl State {
                     node.free = free;
                 }
                 // Another boot: the process restarted and its memory is gone, even if it came
-                // back before its lease ran out. Every copy it held is stale.
+                // back before its lease ran out. Every copy it held is stale. The same
+                // process coming back (it fenced itself, say, while the coordinator was away)
+                // still has its memory: sole copies it holds are current.
                 if self.nodes[&id].rec.boot_id != req.boot_id {
                     self.mark_node_down(&id, batch);
+                } else if req.boot_id.is_some() && !self.nodes[&id].up {
+                    self.restore_sole_copies(&id, batch);
                 }
                 let node = self.nodes.get_mut(&id).expect("found");
                 node.rec.boot_id = req.boot_id;
@@ -741,6 +745,14 @@ impl State {
         }
         node.up = true;
         node.grants_pending = true;
+        self.restore_sole_copies(id, batch);
+        Ok(true)
+    }
+
+    /// A node that was down is back with its memory (same process): its copies of stripes
+    /// that have no healthy copy anywhere become healthy again (no one could have written
+    /// them elsewhere); its other copies stay stale until re-replication replaces them.
+    fn restore_sole_copies(&mut self, id: &NodeId, batch: &mut Batch) {
         for r in self.regions.values_mut() {
             let on_node: Vec<u64> = r
                 .extents
@@ -765,7 +777,6 @@ impl State {
                 batch.put(keys::region(r.region_id), &*r);
             }
         }
-        Ok(true)
     }
 
     /// Marks down every up node whose last heartbeat is more than `lease_ms` before `now`,
