@@ -325,7 +325,34 @@ fn http_json<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_slice(&body)?)
 }
 
-pub fn up(args: UpArgs) -> anyhow::Result<()> {
+/// A pool on this machine: the coordinator on a thread of this process, the nodes as child
+/// processes (killed when this is dropped), and a tenant with a quota of all of it.
+pub struct LocalPool {
+    pub url: String,
+    pub admin_token: String,
+    pub tenant_token: String,
+    /// The node processes' ids, node0 first.
+    pub node_pids: Vec<u32>,
+    /// Held for its `Drop`, which kills the nodes.
+    _children: Children,
+    coord_thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl std::fmt::Debug for LocalPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPool")
+            .field("url", &self.url)
+            .field("node_pids", &self.node_pids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a [`LocalPool`] as `oxmem up` does, and waits until every node has registered.
+/// `on_node` hears of each node process as it starts (index, pid).
+pub fn start_local_pool(
+    args: &UpArgs,
+    mut on_node: impl FnMut(usize, u32),
+) -> anyhow::Result<LocalPool> {
     let admin = args.admin_token.clone().unwrap_or_else(token);
     let node = token();
     let coord_args = CoordArgs {
@@ -406,7 +433,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start a node")?;
-        println!("oxmem up: node{i} is process {}", child.id());
+        on_node(i, child.id());
         children.0.push(child);
     }
 
@@ -434,6 +461,22 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 quota_bytes: quota,
             }),
     )?;
+    let node_pids = children.0.iter().map(Child::id).collect();
+    Ok(LocalPool {
+        url,
+        admin_token: admin,
+        tenant_token: tenant.token,
+        node_pids,
+        _children: children,
+        coord_thread,
+    })
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<()> {
+    let pool = start_local_pool(&args, |i, pid| {
+        println!("oxmem up: node{i} is process {pid}")
+    })?;
+    let (url, admin) = (&pool.url, &pool.admin_token);
     println!("oxmem up: coordinator {url}");
     println!(
         "oxmem up: {} nodes of {} bytes, {} cop{} per stripe",
@@ -442,25 +485,25 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         args.replicas,
         if args.replicas == 1 { "y" } else { "ies" }
     );
-    println!("oxmem up: tenant token {}", tenant.token);
+    println!("oxmem up: tenant token {}", pool.tenant_token);
     println!("oxmem up: admin token {admin}");
     println!(
         "export OXMEM_COORDINATOR={url} OXMEM_TOKEN={} OXMEM_ADMIN_TOKEN={admin}",
-        tenant.token
+        pool.tenant_token
     );
     println!("oxmem up: running; Ctrl-C stops everything");
 
     let start = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        if coord_thread.is_finished() {
+        if pool.coord_thread.is_finished() {
             break;
         }
         if args.run_for.is_some_and(|d| start.elapsed() >= d) {
             break;
         }
     }
-    drop(children);
+    drop(pool);
     println!("oxmem up: stopped");
     Ok(())
 }

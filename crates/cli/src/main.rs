@@ -5,6 +5,7 @@ mod capture;
 mod client_args;
 mod coord;
 mod decode;
+mod demo;
 mod node;
 mod rw;
 mod status;
@@ -24,8 +25,6 @@ use crate::decode::{Options, RunError};
 /// Memory pooling over Ethernet with OmniXtend.
 #[derive(Debug, Parser)]
 #[command(name = "oxmem", version)]
-#[command(after_help = "\
-The LLM demo (demo) comes later.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,6 +57,9 @@ enum Command {
     Up(coord::UpArgs),
     /// Compare reading a region striped over all nodes with one on a single node.
     BenchPool(bench::pool::PoolBenchArgs),
+    /// The LLM demo: a KV cache that does not fit, recomputed, or spilled to disk, Redis or
+    /// the pool; prints a table and writes a chart.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coord(args) => coord::coord(args),
         Command::Up(args) => coord::up(args),
         Command::BenchPool(args) => bench::pool::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::BenchEcho(args) => bench::baselines::run_echo(&args),
     }
 }

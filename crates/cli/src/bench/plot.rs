@@ -55,7 +55,7 @@ fn find_font() -> Option<PathBuf> {
 }
 
 /// Registers a font for plotters once per process.
-fn ensure_font() -> anyhow::Result<()> {
+pub(crate) fn ensure_font() -> anyhow::Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let path = find_font().ok_or_else(|| {
