@@ -611,11 +611,13 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             .map(Call::Put)
             .collect();
         calls.extend(self.mover_grants(st, &plan).into_iter().map(Call::Put));
-        let ok = fan_out(&self.inner.control, calls)
-            .await
-            .iter()
-            .all(Result::is_ok);
-        if ok {
+        let results = fan_out(&self.inner.control, calls).await;
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            eprintln!(
+                "oxmem coord: re-replication of region {id} could not grant access: {e}; it is \
+                 retried"
+            );
+        } else {
             metrics::counter!("oxmem_coord_repairs_started_total").increment(1);
             return Some(plan);
         }
@@ -669,7 +671,11 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 node: j.to_node.clone(),
                 address: j.to_address,
             };
-            if self.inner.mover.copy(from, to, j.len).await.is_err() {
+            if let Err(e) = self.inner.mover.copy(from, to, j.len).await {
+                eprintln!(
+                    "oxmem coord: re-replication of region {} failed: {e}; it is retried",
+                    plan.region_id
+                );
                 ok = false;
                 break;
             }
@@ -707,10 +713,26 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         let period = self.inner.config.tick_period();
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cfg = &self.inner.config;
+        // A gap this long between two passes means this process did not run (stopped, starved
+        // of CPU, swapped out): the heartbeats of that time wait unread in its sockets.
+        let pause = (period * 2).max(cfg.lease.min(cfg.session_lease) / 2);
+        let mut last = self.now_ms();
         loop {
             interval.tick().await;
             if !self.is_leader() {
                 return;
+            }
+            let now = self.now_ms();
+            let gap = now.saturating_sub(last);
+            last = now;
+            if gap > pause.as_millis() as u64 {
+                eprintln!(
+                    "oxmem coord: no lease check for {gap} ms (this process was paused): every \
+                     lease starts again now"
+                );
+                self.inner.state.lock().await.renew_leases(self.now_ms());
+                continue;
             }
             self.tick(false).await;
         }

@@ -794,6 +794,17 @@ impl State {
         down
     }
 
+    /// Every up node and every session gets a fresh lease from `now`, as after a restart (the
+    /// coordinator itself was paused, so it cannot tell who stopped heartbeating).
+    pub fn renew_leases(&mut self, now: u64) {
+        for n in self.nodes.values_mut().filter(|n| n.up) {
+            n.last_heartbeat = n.last_heartbeat.max(now);
+        }
+        for s in self.sessions.values_mut() {
+            s.last_heartbeat = s.last_heartbeat.max(now);
+        }
+    }
+
     /// Marks a node down now (lease expiry, or the operator).
     pub fn mark_node_down(&mut self, id: &NodeId, batch: &mut Batch) {
         let Some(node) = self.nodes.get_mut(id) else {
