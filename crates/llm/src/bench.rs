@@ -225,16 +225,22 @@ pub struct ModeReport {
     pub prompt_tokens: u64,
     /// Prompt tokens whose KV was computed.
     pub prefill_tokens_computed: u64,
-    /// Prompt tokens whose KV was reused (local + tier).
+    /// Prompt tokens whose KV was reused (local + tier + in flight).
     pub prefill_tokens_reused: u64,
     /// ... of which from the local cache.
     pub reused_local_tokens: u64,
     /// ... of which fetched from the tier.
     pub reused_tier_tokens: u64,
+    /// ... of which taken from evicted blocks whose tier write had not completed yet (no tier
+    /// read: not in `bytes_fetched`).
+    pub reused_inflight_tokens: u64,
     /// Bytes read from the tier.
     pub bytes_fetched: u64,
-    /// Bytes written to the tier.
+    /// Bytes written to the tier (every write of the run: the run waits for them).
     pub bytes_written: u64,
+    /// Seconds the serving loop waited for tier writes (a full write-back queue, and the
+    /// writes still in flight at the end). Part of `elapsed_s`.
+    pub write_wait_s: f64,
     /// Blocks evicted from the local budget.
     pub evictions: u64,
     /// Fetched blocks with wrong contents (replay checks every one; must be 0).
@@ -271,7 +277,8 @@ pub fn shared_model(cfg: &ModelConfig) -> Result<Arc<Model>, LlmError> {
 }
 
 /// Runs the whole workload of `cfg` in one mode and reports it. `progress` is called after
-/// every request.
+/// every request. The clock stops after the tier writes still in flight have completed, and a
+/// failed tier write fails the run.
 pub fn run_mode(
     cfg: &BenchConfig,
     spec: &ModeSpec,
@@ -311,8 +318,10 @@ pub fn run_mode(
         prefill_tokens_reused: 0,
         reused_local_tokens: 0,
         reused_tier_tokens: 0,
+        reused_inflight_tokens: 0,
         bytes_fetched: 0,
         bytes_written: 0,
+        write_wait_s: 0.0,
         evictions: 0,
         block_mismatches: 0,
         elapsed_s: 0.0,
@@ -333,8 +342,8 @@ pub fn run_mode(
         r.prefill_tokens_computed += o.prefill_computed as u64;
         r.reused_local_tokens += o.reused_local as u64;
         r.reused_tier_tokens += o.reused_tier as u64;
+        r.reused_inflight_tokens += o.reused_inflight as u64;
         r.bytes_fetched += o.bytes_fetched;
-        r.bytes_written += o.bytes_written;
         r.block_mismatches += o.block_mismatches;
         generated_tokens += o.tokens.len() as u64;
         ttfts.push(o.ttft.as_secs_f64() * 1e3);
@@ -345,12 +354,18 @@ pub fn run_mode(
             total,
         });
     }
+    // Writes still in flight belong to this mode's time, and a failed one fails the mode.
+    engine.finish()?;
     let elapsed = t0.elapsed().as_secs_f64();
+    let counters = engine.cache().counters();
+    r.bytes_written = counters.bytes_written;
+    r.write_wait_s = counters.write_wait.as_secs_f64();
     r.elapsed_s = elapsed;
     r.requests_per_s = r.requests as f64 / elapsed.max(1e-9);
     r.tokens_per_s = generated_tokens as f64 / elapsed.max(1e-9);
-    r.prefill_tokens_reused = r.reused_local_tokens + r.reused_tier_tokens;
-    r.evictions = engine.cache().counters().evictions;
+    r.prefill_tokens_reused =
+        r.reused_local_tokens + r.reused_tier_tokens + r.reused_inflight_tokens;
+    r.evictions = counters.evictions;
     ttfts.sort_by(f64::total_cmp);
     r.ttft_p50_ms = percentile(&ttfts, 0.50);
     r.ttft_p99_ms = percentile(&ttfts, 0.99);

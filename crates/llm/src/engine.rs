@@ -59,9 +59,15 @@ pub struct RequestOutcome {
     pub reused_local: usize,
     /// Prompt tokens whose KV was fetched from the tier.
     pub reused_tier: usize,
+    /// Prompt tokens whose KV was taken from blocks evicted to the tier whose write had not
+    /// completed yet (read-through of the write-back queue). No tier read happened, so they
+    /// are not in `reused_tier` nor in `bytes_fetched`.
+    pub reused_inflight: usize,
     /// Bytes read from the tier.
     pub bytes_fetched: u64,
-    /// Bytes written to the tier (evictions this request caused).
+    /// Bytes whose tier write was acknowledged while this request ran (writes are
+    /// asynchronous: mostly earlier requests' evictions; a run's total is the cache's
+    /// counter after [`Engine::finish`]).
     pub bytes_written: u64,
     /// Fetched blocks whose bytes were not what they should be (replay only; a real run
     /// cannot tell from the bytes alone). Such blocks are recomputed, not used.
@@ -73,6 +79,10 @@ pub struct RequestOutcome {
 }
 
 /// A local cache in front of a tier, serving requests one at a time.
+///
+/// Evicted blocks are written to the tier in the background (see [`crate::cache`]); a prefix
+/// whose blocks are still being written is read from the write-back queue. Call
+/// [`Engine::finish`] at the end of a run to wait for the writes and see their errors.
 ///
 /// **Determinism.** A prompt's KV is computed in canonical chunks: chunk `i` is exactly tokens
 /// `[i·B, (i+1)·B)` (B = `block_tokens`), attending to all earlier blocks; a trailing partial
@@ -112,7 +122,7 @@ impl<'a> Engine<'a> {
         let fetch_enabled = tier.name() != "none";
         Ok(Engine {
             namespace: backend.namespace(),
-            cache: LocalCache::new(budget_bytes.unwrap_or(u64::MAX), bb, tier),
+            cache: LocalCache::new(budget_bytes.unwrap_or(u64::MAX), bb, tier)?,
             backend,
             block_tokens,
             fetch_enabled,
@@ -122,6 +132,12 @@ impl<'a> Engine<'a> {
     /// The local cache.
     pub fn cache(&self) -> &LocalCache {
         &self.cache
+    }
+
+    /// Waits until every evicted block handed to the tier has been written; returns the first
+    /// write error not returned yet (by an earlier [`serve`](Engine::serve)).
+    pub fn finish(&mut self) -> Result<(), LlmError> {
+        self.cache.finish()
     }
 
     /// The keys of the full blocks of `tokens` under this engine's namespace.
@@ -180,11 +196,12 @@ impl<'a> Engine<'a> {
                 held
             })
             .collect();
-        // 2. Walk the prefix: local blocks are used in place; each run of blocks missing
-        // locally is continued from the tier (one lookup, one batched read per run; usually
-        // there is a single run, after the local prefix). The walk stops at the first block
-        // found nowhere.
-        let (mut local, mut from_tier) = (0, 0);
+        // 2. Walk the prefix: local blocks are used in place; a block evicted but still being
+        // written is copied from the write-back queue; each run of blocks found in neither is
+        // continued from the tier (one lookup, one batched read per run; usually there is a
+        // single run, after the local prefix). The walk stops at the first block found nowhere.
+        self.cache.poll_writes();
+        let (mut local, mut from_tier, mut in_flight) = (0, 0, 0);
         let mut i = 0;
         while i < reusable {
             if held[i] {
@@ -195,7 +212,17 @@ impl<'a> Engine<'a> {
             if !self.fetch_enabled {
                 break;
             }
-            let j = (i..reusable).find(|&x| held[x]).unwrap_or(reusable);
+            if let Some(buf) = self.cache.copy_in_flight(&keys[i]) {
+                // Our own bytes, never left the process: nothing to verify.
+                self.cache.insert_pinned(keys[i], buf)?;
+                pinned.push(keys[i]);
+                in_flight += 1;
+                i += 1;
+                continue;
+            }
+            let j = (i..reusable)
+                .find(|&x| held[x] || self.cache.is_in_flight(&keys[x]))
+                .unwrap_or(reusable);
             let run = &keys[i..j];
             let tier = Arc::clone(self.cache.tier());
             let n = tier.contains_prefix(run)?.min(run.len());
@@ -231,9 +258,10 @@ impl<'a> Engine<'a> {
             }
         }
         let reused = i;
-        debug_assert_eq!(reused, local + from_tier);
+        debug_assert_eq!(reused, local + from_tier + in_flight);
         out.reused_local = local * b;
         out.reused_tier = from_tier * b;
+        out.reused_inflight = in_flight * b;
         out.prefill_computed = len - reused * b;
         match self.backend {
             Backend::Real(model) => {

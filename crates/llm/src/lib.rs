@@ -3,7 +3,8 @@
 //! `oxmem demo`.
 //!
 //! - [`model`]: the model (seeded random weights, CPU, f32) and its KV state.
-//! - [`cache`]: the local cache under a byte budget (LRU, pinning, eviction to the tier).
+//! - [`cache`]: the local cache under a byte budget (LRU, pinning, eviction to the tier
+//!   through a background write-back thread, read-through of blocks still in flight).
 //! - [`engine`]: serving one request: reuse local blocks, fetch from the tier, compute the
 //!   rest canonically, decode greedily.
 //! - [`workload`]: multi-round conversations and long-document questions.
@@ -72,6 +73,9 @@ pub enum LlmError {
     /// `all-local`.
     #[error("generated tokens differ from all-local in: {0}")]
     TokensDiffer(String),
+    /// A thread (the cache's write-back thread) could not be started.
+    #[error("thread: {0}")]
+    Thread(std::io::Error),
     /// A bug in this crate (an invariant broke).
     #[error("internal: {0}")]
     Internal(String),
