@@ -60,7 +60,12 @@ fn peer_of(end: &CopyEnd, client: &Client) -> Result<PeerAddr, MoveError> {
 fn copy_blocking(client: &Client, from: &CopyEnd, to: &CopyEnd, len: u64) -> Result<(), MoveError> {
     let src = peer_of(from, client)?;
     let dst = peer_of(to, client)?;
-    let err = |what: &str, e: oxmem_client::Error| MoveError(format!("{what}: {e}"));
+    let err = |what: &str, e: oxmem_client::Error| {
+        MoveError(format!(
+            "{what} ({} {:#x} -> {} {:#x}): {e}",
+            from.node.node_id, from.address, to.node.node_id, to.address
+        ))
+    };
     client
         .connect(src, NodeOptions::default())
         .map_err(|e| err("connect to source", e))?;
