@@ -1,5 +1,7 @@
 //! Runs the recovery benchmark in the in-process modes (all-local, shortage, and a `MemTier`
-//! standing in for remote memory) and prints a table plus one JSON line per mode.
+//! standing in for remote memory) and prints a table plus one JSON line per mode. `reused_f`:
+//! prompt tokens taken from evicted blocks still being written; `wr wait`: time the serving
+//! loop waited for tier writes (a full write-back queue, and the last writes of the run).
 //!
 //! ```text
 //! cargo run --release -p oxmem-llm --example bench_modes            # default model, CPU
@@ -54,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     finish_reports(&mut reports)?;
     println!(
-        "{:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "mode",
         "elapsed",
         "req/s",
@@ -62,14 +64,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "computed",
         "reused_l",
         "reused_t",
+        "reused_f",
         "fetchMiB",
         "writeMiB",
+        "wr wait",
         "vs short",
         "vs ideal"
     );
     for r in &reports {
         println!(
-            "{:<10} {:>7.2}s {:>8.2} {:>7.1}ms {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>7.2}x {:>8.2}",
+            "{:<10} {:>7.2}s {:>8.2} {:>7.1}ms {:>9} {:>9} {:>9} {:>9} {:>9.1} {:>9.1} {:>7.2}s {:>7.2}x {:>8.2}",
             r.mode,
             r.elapsed_s,
             r.requests_per_s,
@@ -77,8 +81,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.prefill_tokens_computed,
             r.reused_local_tokens,
             r.reused_tier_tokens,
+            r.reused_inflight_tokens,
             r.bytes_fetched as f64 / (1 << 20) as f64,
             r.bytes_written as f64 / (1 << 20) as f64,
+            r.write_wait_s,
             r.recovery_vs_shortage.unwrap_or(f64::NAN),
             r.fraction_of_ideal.unwrap_or(f64::NAN),
         );
