@@ -57,7 +57,8 @@ pub struct DemoArgs {
     /// is skipped, and says so, when there is none).
     #[arg(long)]
     pub redis_server: Option<PathBuf>,
-    /// Leave out modes (comma-separated: disk, redis, pool).
+    /// Leave out modes (comma-separated: all-local, shortage, disk, redis, pool); without
+    /// all-local and shortage there is nothing to compare with.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Memory nodes of the embedded pool.
@@ -186,8 +187,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         (None, true) => BenchConfig::quick(),
     };
     for s in &args.skip {
-        if !["disk", "redis", "pool"].contains(&s.as_str()) {
-            bail!("--skip takes disk, redis or pool, not {s:?}");
+        if !["all-local", "shortage", "disk", "redis", "pool"].contains(&s.as_str()) {
+            bail!("--skip takes all-local, shortage, disk, redis or pool, not {s:?}");
         }
     }
     let skip = |m: &str| args.skip.iter().any(|s| s == m);
@@ -226,7 +227,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The tiers, each set up before any mode runs (so no mode pays another's start-up).
     let mut skipped: Vec<String> = Vec::new();
-    let mut modes = vec![ModeSpec::all_local(&cfg), ModeSpec::shortage(&cfg)];
+    let mut modes = Vec::new();
+    if !skip("all-local") {
+        modes.push(ModeSpec::all_local(&cfg));
+    }
+    if !skip("shortage") {
+        modes.push(ModeSpec::shortage(&cfg));
+    }
     let disk_dir = args.disk_dir.clone().unwrap_or_else(std::env::temp_dir);
     let disk_path = disk_dir.join(format!("oxmem-demo-kv-{}.bin", std::process::id()));
     if !skip("disk") {
@@ -333,7 +340,13 @@ fn start_pool(
     block: usize,
     tier_blocks: u64,
 ) -> anyhow::Result<(LocalPool, Pool, PoolTier)> {
-    let options = PoolTierOptions::default();
+    let mut options = PoolTierOptions::default();
+    if let Some(t) = std::env::var("OXMEM_DEMO_POOL_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.threads = t;
+    }
     let region_bytes = PoolTier::region_bytes(block, tier_blocks, options.ways)?;
     let nodes = args.nodes.max(1) as u64;
     let mib = 1u64 << 20;

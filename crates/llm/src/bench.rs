@@ -31,7 +31,7 @@ impl Compute {
     pub fn label(&self, model: &ModelConfig) -> String {
         match self {
             Compute::Real => format!(
-                "cpu candle f32 dim{} L{} h{}/{} vocab{}",
+                "cpu candle f32 (bf16 KV) dim{} L{} h{}/{} vocab{}",
                 model.dim, model.n_layers, model.n_heads, model.n_kv_heads, model.vocab_size
             ),
             Compute::Replay(a) => a.label.clone(),

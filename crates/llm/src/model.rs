@@ -81,9 +81,11 @@ impl ModelConfig {
         self.dim / self.n_heads
     }
 
-    /// Bytes of K and V, all layers, for one token (f32).
+    /// Bytes of K and V, all layers, for one token: bf16, as serving systems keep the KV
+    /// cache (the model computes in f32 and rounds K and V to bf16 as it stores them, in every
+    /// mode, so a stored block loses nothing).
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim() * 4
+        2 * self.n_layers * self.n_kv_heads * self.head_dim() * 2
     }
 
     /// Bytes of one KV block of `block_tokens` tokens.
@@ -399,6 +401,10 @@ impl Model {
                 .contiguous()?;
             let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?.squeeze(0)?;
+            // The cache holds bf16: round here, so attention sees exactly what a block saved
+            // and loaded again holds.
+            let k = k.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+            let v = v.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
             state.k[l].slice_set(&k, 1, pos)?;
             state.v[l].slice_set(&v, 1, pos)?;
             let kc = state.k[l].narrow(1, 0, ctx)?;
@@ -431,7 +437,8 @@ impl Model {
 
     /// Serializes the K and V of positions `start..start + block_tokens` into `out`
     /// ([`ModelConfig::block_bytes`] bytes): for each layer, K then V, each
-    /// `[n_kv_heads][block_tokens][head_dim]` f32 little-endian.
+    /// `[n_kv_heads][block_tokens][head_dim]` bf16 little-endian (exact: the values are bf16
+    /// already).
     pub fn save_block(
         &self,
         state: &KvState,
@@ -453,8 +460,9 @@ impl Model {
                     .flatten_all()?
                     .to_vec1::<f32>()?;
                 for f in vals {
-                    out[off..off + 4].copy_from_slice(&f.to_le_bytes());
-                    off += 4;
+                    let bf16 = (f.to_bits() >> 16) as u16;
+                    out[off..off + 2].copy_from_slice(&bf16.to_le_bytes());
+                    off += 2;
                 }
             }
         }
@@ -483,8 +491,8 @@ impl Model {
             for (i, dst) in [&state.k[l], &state.v[l]].into_iter().enumerate() {
                 let off = (2 * l + i) * per;
                 let vals: Vec<f32> = bytes[off..off + per]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
                     .collect();
                 dst.slice_set(&Tensor::from_vec(vals, shape, &self.device)?, 1, start)?;
             }
