@@ -33,9 +33,7 @@ use crate::state::{Batch, EXTENT_BITS, GrantPush, Limits, NodeTarget, RepairPlan
 use crate::store::{MetadataStore, StoreError};
 use crate::{CoordinatorConfig, ServeError};
 
-/// Grant ids with this bit set are the data mover's temporary grants during a
-/// re-replication (`MOVER_GRANT_BIT | extent id`); client grants use the extent id alone.
-pub const MOVER_GRANT_BIT: u64 = 1 << 62;
+pub use crate::state::MOVER_GRANT_BIT;
 
 /// The process-wide Prometheus handle: installs the recorder as the global `metrics`
 /// recorder on first use (if another recorder is installed already, the coordinator's metrics

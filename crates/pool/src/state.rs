@@ -136,6 +136,10 @@ pub struct Attachment {
     pub seq: u64,
 }
 
+/// Grant ids with this bit set are the data mover's temporary grants during a
+/// re-replication (`MOVER_GRANT_BIT | extent id`); client grants use the extent id alone.
+pub const MOVER_GRANT_BIT: u64 = 1 << 62;
+
 /// The bits of a client grant id that name its extent.
 pub const EXTENT_BITS: u64 = (1 << 40) - 1;
 
@@ -1441,9 +1445,13 @@ impl State {
                     node_id: e.node_id,
                     base: e.base,
                     len: e.len,
+                    // The mover's grant too: a re-replication still copying into (or out
+                    // of) this extent when its region goes must not write into the space
+                    // after it has been scrubbed and handed to someone else.
                     extra_grants: attachment_seqs
                         .iter()
                         .map(|&s| attachment_grant(e.id, s))
+                        .chain(std::iter::once(MOVER_GRANT_BIT | e.id))
                         .collect(),
                 };
                 batch.put(keys::release(e.id), &rel);

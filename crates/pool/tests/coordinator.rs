@@ -636,15 +636,32 @@ async fn free_revokes_every_grant_then_scrubs_before_answering() {
     )
     .await;
     let calls = h.control.take();
-    assert_eq!(calls.len(), 6, "{calls:?}");
-    let (revokes, scrubs) = calls.split_at(3);
-    let revoked: BTreeSet<_> = revokes
+    // Each extent: the client's grant and the mover's (none here; deleting it is harmless)
+    // are revoked, then every extent is scrubbed.
+    assert_eq!(calls.len(), 9, "{calls:?}");
+    let (revokes, scrubs) = calls.split_at(6);
+    let all_revoked: BTreeSet<_> = revokes
         .iter()
         .map(|c| match c {
             Call::Delete(n, id) => (n.clone(), *id),
             other => panic!("a scrub before every grant was revoked: {other:?}"),
         })
         .collect();
+    let bit = oxmem_pool::MOVER_GRANT_BIT;
+    let revoked: BTreeSet<_> = all_revoked
+        .iter()
+        .filter(|(_, id)| id & bit == 0)
+        .cloned()
+        .collect();
+    let movers: BTreeSet<_> = all_revoked
+        .iter()
+        .filter(|(_, id)| id & bit != 0)
+        .map(|(n, id)| (n.clone(), id & !bit))
+        .collect();
+    assert_eq!(
+        movers, revoked,
+        "the mover's grant of every extent is revoked too"
+    );
     let scrubbed: BTreeSet<_> = scrubs
         .iter()
         .map(|c| match c {
@@ -679,15 +696,22 @@ async fn alloc_fails_cleanly_when_a_node_refuses_its_grant() {
             .await,
         ErrorCode::NodeDown
     );
-    // The grant that was put on b is revoked and its extent scrubbed; a's waits.
+    // The grant that was put on b is revoked (with any mover grant for the same extent) and
+    // its extent scrubbed; a's waits.
     let calls = h.control.take();
-    assert!(
-        matches!(
-            calls.as_slice(),
-            [Call::Put(..), Call::Delete(..), Call::Scrub(..)]
-        ),
-        "{calls:?}"
-    );
+    let ok = match calls.as_slice() {
+        [
+            Call::Put(_, id, _),
+            Call::Delete(_, d1),
+            Call::Delete(_, d2),
+            Call::Scrub(..),
+        ] => {
+            let mover = oxmem_pool::MOVER_GRANT_BIT | id;
+            (d1, d2) == (id, &mover) || (d1, d2) == (&mover, id)
+        }
+        _ => false,
+    };
+    assert!(ok, "{calls:?}");
     let st = h.status().await;
     assert!(st.regions.is_empty());
     assert_eq!(st.tenants[0].used_bytes, 0);
@@ -886,7 +910,7 @@ async fn session_lease_expiry_frees_its_regions() {
     assert_eq!(
         calls
             .iter()
-            .filter(|c| matches!(c, Call::Delete(..)))
+            .filter(|c| matches!(c, Call::Delete(_, id) if id & oxmem_pool::MOVER_GRANT_BIT == 0))
             .count(),
         4
     );
@@ -935,7 +959,7 @@ async fn a_restart_on_the_same_redb_file_keeps_regions_and_repushes_grants() {
         let revoked: BTreeSet<u64> = calls
             .iter()
             .filter_map(|c| match c {
-                Call::Delete(_, id) => Some(*id),
+                Call::Delete(_, id) if id & oxmem_pool::MOVER_GRANT_BIT == 0 => Some(*id),
                 _ => None,
             })
             .collect();
