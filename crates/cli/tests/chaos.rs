@@ -468,8 +468,8 @@ fn node_down(url: &str, name: &str) -> bool {
 }
 
 #[test]
-#[ignore = "one open bug: a replicated fetch_add can return a value the model does not allow \
-            (seed 1795317724504267490); run with scripts/chaos.sh"]
+#[ignore = "open: after a coordinator restart its mover could not reach one node for 30 s \
+            (seed 1795317724504267490, debug); run with scripts/chaos.sh"]
 fn chaos() {
     let secs = env_u64("OXMEM_CHAOS_SECS").unwrap_or(75);
     let seed = env_u64("OXMEM_CHAOS_SEED").unwrap_or_else(|| {

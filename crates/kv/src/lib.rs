@@ -16,8 +16,10 @@
 //! - A `put` of a key already stored refreshes it (new bytes, most recently used).
 //! - When the store holds its capacity, a `put` evicts: [`DiskTier`] and [`RedisTier`] the
 //!   least recently used block of the whole store, [`PoolTier`] the least recently used block
-//!   of the key's *set* (it is set-associative, so that several processes can share it without
-//!   a global index). "Used" means stored or found by `get`; `contains_prefix` only looks.
+//!   of the key's two *sets* (it is set-associative with two choices of set, so that several
+//!   processes can share it without a global index; a new key goes into the emptier set, so it
+//!   evicts only when nearly full). "Used" means stored or found by `get`; `contains_prefix`
+//!   only looks.
 //! - Bytes read back from a medium are checked (a header, a key copy, a checksum) before they
 //!   are returned: a block that is not what was stored is a miss, never wrong bytes.
 //! - [`KvStats`] counts block payloads: `bytes_written` and `bytes_read` exclude headers,

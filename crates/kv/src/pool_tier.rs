@@ -15,7 +15,7 @@
 //! | `dir_offset` (4096) | directory: `sets × ways` entries of 64 bytes, set by set |
 //! | `data_offset` (4096-aligned) | data: `sets × ways` slots of `slot_bytes`, same order |
 //!
-//! Store header: magic `OXKVPOOL` (0..8), version 1 (8..12, u32), ways (12..16, u32),
+//! Store header: magic `OXKVPOOL` (0..8), version 2 (8..12, u32), ways (12..16, u32),
 //! block bytes (16..24), sets (24..32), slot bytes (32..40), `dir_offset` (40..48),
 //! `data_offset` (48..56), end of the store (56..64), a random *format nonce* (64..72), and
 //! xxh3-64 of bytes 0..72 (72..80).
@@ -32,12 +32,23 @@
 //!
 //! # Placement and eviction
 //!
-//! Set-associative: a key lives in set `u64::from_le_bytes(key[0..8]) mod sets`, in one of
-//! its `ways` slots (default 8). A `put` reads the set's directory (512 bytes), then takes the
-//! way that already holds the key, else an empty way, else the way with the smallest stamp:
-//! LRU within the set. Stamps come from a clock that is the wall clock in nanoseconds, made
-//! strictly increasing within a process; a `get` that finds a block writes a new stamp into its
-//! entry (unless [`PoolTierOptions::touch_on_get`] is off). `contains_prefix` only looks.
+//! Set-associative with two choices of set: a key may live in one of the `ways` slots (default
+//! 8) of either of its two sets, its *first* set `a = u64::from_le_bytes(key[0..8]) mod sets`
+//! and its *second* set `(a + 1 + u64::from_le_bytes(key[8..16]) mod (sets - 1)) mod sets`
+//! (the same as the first when there is one set). A `put` reads both sets' directories
+//! (512 bytes each), then takes the way (of either set) that already holds the key, else an
+//! empty way of the set with fewer occupied ways (the first set on a tie), else the way with
+//! the smallest stamp of the two sets: LRU within the pair. Stamps come from a clock that is
+//! the wall clock in nanoseconds, made strictly increasing within a process; a `get` that finds
+//! a block writes a new stamp into its entry (unless [`PoolTierOptions::touch_on_get`] is off).
+//! `contains_prefix` only looks (the first set, then the second).
+//!
+//! Why two sets: with one, a set receives a Poisson number of keys, and at half the capacity
+//! about one 8-way set in fifty gets more than 8 keys, so a store half full already evicts
+//! (a seeded `h100-8b` replay: 424 blocks into 106 sets lost 2 blocks, and a lost block in the
+//! middle of a prefix costs the recompute of every block after it: 178 blocks). Putting each key
+//! into the emptier of two sets keeps the fullest set within a few blocks of the mean
+//! ("power of two choices"): a store evicts only when it is nearly full.
 //!
 //! # Concurrency
 //!
@@ -46,7 +57,8 @@
 //! matches, so a torn or concurrent overwrite reads as a miss, never as wrong bytes. Two
 //! processes putting into the same set at the same moment may both pick the same way; then
 //! one of the two blocks is lost (a miss later), which a cache may do. (Threads of one process
-//! take a lock per set, so they never collide.)
+//! take a lock per set, a `put_many` those of every set its keys may go to, so they never
+//! collide.)
 //!
 //! A process remembers the slot where it last saw each key and reads it directly (one round
 //! trip), falling back to the directory when the slot holds something else. So it may still
@@ -58,10 +70,11 @@
 //! # Speed
 //!
 //! [`Region::read`] and [`Region::write`] block for one range each. A batch runs its pieces
-//! (one per key for `get_many`, one per set for `put_many`) on
+//! (one per key for `get_many`; for `put_many` one per set whose directory it reads, then one
+//! per slot it writes) on
 //! [`PoolTierOptions::threads`] threads, so that many requests are in flight at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,7 +83,8 @@ use oxmem_client::Region;
 use crate::{BlockKey, Counters, KvError, KvStats, KvTier, block_checksum, check_get, check_put};
 
 const MAGIC: &[u8; 8] = b"OXKVPOOL";
-const VERSION: u32 = 1;
+/// Version 2: two choices of set (version 1 had one; its stores are not read).
+const VERSION: u32 = 2;
 const ENTRY_TAG: &[u8; 8] = b"OXKVENT1";
 const TRAILER_MAGIC: &[u8; 8] = b"OXKVTRL1";
 const HEADER_BYTES: u64 = 4096;
@@ -176,8 +190,14 @@ impl Geometry {
         self.sets * u64::from(self.ways)
     }
 
-    fn set_of(&self, key: &BlockKey) -> u64 {
-        u64::from_le_bytes(key.0[..8].try_into().unwrap_or_default()) % self.sets
+    /// The key's first and second set (equal only when there is one set).
+    fn sets_of(&self, key: &BlockKey) -> [u64; 2] {
+        let h = |at: usize| u64::from_le_bytes(key.0[at..at + 8].try_into().unwrap_or_default());
+        let first = h(0) % self.sets;
+        if self.sets < 2 {
+            return [first, first];
+        }
+        [first, (first + 1 + h(8) % (self.sets - 1)) % self.sets]
     }
 
     fn entry_offset(&self, slot: u64) -> u64 {
@@ -342,13 +362,16 @@ pub struct PoolTier {
     counters: Counters,
 }
 
-/// What a worker of `put_many` did to one set.
+/// Where `put_many` puts a batch, decided from the directories of every set it may touch.
 #[derive(Debug, Default)]
-struct SetPut {
-    placed: Vec<(BlockKey, u64)>,
+struct Placement {
+    /// The slots written and the batch entry each ends up holding (the last of the batch that
+    /// went there), in slot order.
+    writes: Vec<(u64, usize)>,
+    /// Keys whose entries were taken by another key (possibly an entry of the same batch).
     evicted: Vec<BlockKey>,
+    /// Empty slots taken.
     filled: u64,
-    written: u64,
 }
 
 /// What a worker of `get_many` found for one key.
@@ -476,9 +499,10 @@ impl PoolTier {
         self.geo.sets
     }
 
-    /// The set `key` lives in (for tests that model the eviction).
-    pub fn set_of(&self, key: &BlockKey) -> u64 {
-        self.geo.set_of(key)
+    /// The two sets `key` may live in, first and second (for tests that model the eviction;
+    /// equal only when there is one set).
+    pub fn sets_of(&self, key: &BlockKey) -> [u64; 2] {
+        self.geo.sets_of(key)
     }
 
     /// Counts the occupied directory entries (reads the whole directory).
@@ -576,71 +600,72 @@ impl PoolTier {
         Ok(())
     }
 
-    /// Places the batch entries `idx` (all of set `set`, in batch order) as if put one by one.
-    fn put_set(
+    /// The distinct sets `key` may live in (one when there is one set).
+    fn candidates(&self, key: &BlockKey) -> Vec<u64> {
+        let [a, b] = self.geo.sets_of(key);
+        if a == b { vec![a] } else { vec![a, b] }
+    }
+
+    /// Places the batch as if put one by one, given the directories of every set it may touch
+    /// (`dirs`, updated as it goes). Writes nothing.
+    fn place(
         &self,
-        set: u64,
-        idx: &[usize],
         blocks: &[(BlockKey, &[u8])],
         base_stamp: u64,
-    ) -> Result<SetPut, KvError> {
-        let _set_lock = self.set_locks[(set % SET_LOCKS) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut ways: Vec<Option<Entry>> = self.read_set(set)?;
-        // Which batch entry each way ends up holding (None: untouched).
-        let mut source: Vec<Option<usize>> = vec![None; ways.len()];
-        let mut done = SetPut::default();
-        for &i in idx {
-            let key = blocks[i].0;
+        dirs: &mut HashMap<u64, Vec<Option<Entry>>>,
+    ) -> Placement {
+        let ways = u64::from(self.geo.ways);
+        let mut done = Placement::default();
+        let mut source: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, (key, _)) in blocks.iter().enumerate() {
             let stamp = base_stamp + i as u64;
-            let way = if let Some(w) = ways.iter().position(|e| e.is_some_and(|e| e.key == key)) {
-                w
-            } else if let Some(w) = ways.iter().position(Option::is_none) {
-                done.filled += 1;
-                w
-            } else {
-                let (w, old) = ways
+            let cands = self.candidates(key);
+            let ways_of = |s: u64| dirs.get(&s).map_or(&[][..], Vec::as_slice);
+            let holding = cands.iter().find_map(|&s| {
+                ways_of(s)
                     .iter()
-                    .enumerate()
-                    .filter_map(|(w, e)| e.map(|e| (w, e)))
-                    .min_by_key(|(_, e)| e.stamp)
-                    .unwrap_or((
-                        0,
-                        Entry {
-                            key,
-                            checksum: 0,
-                            stamp: 0,
-                        },
-                    ));
-                done.evicted.push(old.key);
-                w
-            };
-            ways[way] = Some(Entry {
-                key,
-                checksum: 0,
-                stamp,
+                    .position(|e| e.is_some_and(|e| e.key == *key))
+                    .map(|w| (s, w))
             });
-            source[way] = Some(i);
-        }
-        let first = set * u64::from(self.geo.ways);
-        for (w, src) in source.iter().enumerate() {
-            let Some(i) = *src else { continue };
-            let (key, data) = &blocks[i];
-            let slot = first + w as u64;
-            let checksum = self.geo.checksum(key, data);
-            self.write_block(slot, key, data, checksum)?;
-            let entry = Entry {
-                key: *key,
-                checksum,
-                stamp: ways[w].map_or(0, |e| e.stamp),
+            let (set, way) = if let Some(at) = holding {
+                at
+            } else {
+                let load = |s: u64| ways_of(s).iter().filter(|e| e.is_some()).count();
+                let emptier = cands
+                    .iter()
+                    .copied()
+                    .min_by_key(|&s| load(s))
+                    .unwrap_or(cands[0]);
+                if let Some(w) = ways_of(emptier).iter().position(Option::is_none) {
+                    done.filled += 1;
+                    (emptier, w)
+                } else {
+                    // Both sets full: the least recently used entry of the pair.
+                    let oldest = cands
+                        .iter()
+                        .flat_map(|&s| {
+                            ways_of(s)
+                                .iter()
+                                .enumerate()
+                                .filter_map(move |(w, e)| e.map(|e| (s, w, e)))
+                        })
+                        .min_by_key(|(_, _, e)| e.stamp);
+                    let Some((s, w, old)) = oldest else { continue };
+                    done.evicted.push(old.key);
+                    (s, w)
+                }
             };
-            self.region
-                .write(self.geo.entry_offset(slot), &encode_entry(&entry))?;
-            done.placed.push((*key, slot));
-            done.written += 1;
+            if let Some(e) = dirs.get_mut(&set).and_then(|d| d.get_mut(way)) {
+                *e = Some(Entry {
+                    key: *key,
+                    checksum: 0,
+                    stamp,
+                });
+                source.insert(set * ways + way as u64, i);
+            }
         }
-        Ok(done)
+        done.writes = source.into_iter().collect();
+        done
     }
 
     /// Finds `key` and reads its block into `out`: at the slot this process last saw it,
@@ -656,16 +681,17 @@ impl PoolTier {
                 return Ok(GetOne { found: Some(slot) });
             }
         }
-        let set = self.geo.set_of(key);
-        let entries = self.read_set(set)?;
-        let first = set * u64::from(self.geo.ways);
-        for (w, e) in entries.iter().enumerate() {
-            let slot = first + w as u64;
-            if e.is_some_and(|e| e.key == *key)
-                && Some(slot) != guess
-                && self.read_block(slot, key, out)?
-            {
-                return Ok(GetOne { found: Some(slot) });
+        for set in self.candidates(key) {
+            let entries = self.read_set(set)?;
+            let first = set * u64::from(self.geo.ways);
+            for (w, e) in entries.iter().enumerate() {
+                let slot = first + w as u64;
+                if e.is_some_and(|e| e.key == *key)
+                    && Some(slot) != guess
+                    && self.read_block(slot, key, out)?
+                {
+                    return Ok(GetOne { found: Some(slot) });
+                }
             }
         }
         Ok(GetOne { found: None })
@@ -699,43 +725,57 @@ impl KvTier for PoolTier {
             return Ok(());
         }
         let base = self.stamps(blocks.len() as u64);
-        let mut by_set: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for (i, (key, _)) in blocks.iter().enumerate() {
-            by_set.entry(self.geo.set_of(key)).or_default().push(i);
-        }
-        let sets: Vec<(u64, Vec<usize>)> = by_set.into_iter().collect();
-        let result = crate::par::run(sets.len(), self.threads, |s| {
-            let (set, idx) = &sets[s];
-            self.put_set(*set, idx, blocks, base)
+        let sets: Vec<u64> = blocks
+            .iter()
+            .flat_map(|(key, _)| self.geo.sets_of(key))
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        // Every set the batch may touch stays locked until its blocks and entries are written,
+        // so that two threads of this process never pick the same way. Taken in ascending
+        // order: no deadlock.
+        let lock_ids: BTreeSet<usize> = sets.iter().map(|s| (s % SET_LOCKS) as usize).collect();
+        let _locks: Vec<_> = lock_ids
+            .iter()
+            .map(|&l| self.set_locks[l].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let read = crate::par::run(sets.len(), self.threads, |i| self.read_set(sets[i]))?;
+        let mut dirs: HashMap<u64, Vec<Option<Entry>>> = sets.iter().copied().zip(read).collect();
+        let placed = self.place(blocks, base, &mut dirs);
+        let result = crate::par::run(placed.writes.len(), self.threads, |j| {
+            let (slot, i) = placed.writes[j];
+            let (key, data) = &blocks[i];
+            let checksum = self.geo.checksum(key, data);
+            self.write_block(slot, key, data, checksum)?;
+            let entry = Entry {
+                key: *key,
+                checksum,
+                stamp: base + i as u64,
+            };
+            self.region
+                .write(self.geo.entry_offset(slot), &encode_entry(&entry))?;
+            Ok::<_, KvError>(())
         });
-        let done = match result {
-            Ok(d) => d,
-            Err(e) => {
-                // Some slots may hold a block of this batch now: forget where they were.
-                let mut seen = self.seen_lock();
-                for (key, _) in blocks {
-                    seen.forget(key);
-                }
-                return Err(e);
-            }
-        };
-        let mut seen = self.seen_lock();
-        let (mut evicted, mut filled, mut written) = (0u64, 0u64, 0u64);
-        for d in &done {
-            for key in &d.evicted {
+        if let Err(e) = result {
+            // Some slots may hold a block of this batch now: forget where they were.
+            let mut seen = self.seen_lock();
+            for (key, _) in blocks {
                 seen.forget(key);
             }
-            for &(key, slot) in &d.placed {
-                seen.learn(key, slot);
-            }
-            evicted += d.evicted.len() as u64;
-            filled += d.filled;
-            written += d.written;
+            return Err(e);
+        }
+        let mut seen = self.seen_lock();
+        for key in &placed.evicted {
+            seen.forget(key);
+        }
+        for &(slot, i) in &placed.writes {
+            seen.learn(blocks[i].0, slot);
         }
         drop(seen);
-        self.stored.fetch_add(filled, Ordering::Relaxed);
+        let written = placed.writes.len() as u64;
+        self.stored.fetch_add(placed.filled, Ordering::Relaxed);
         Counters::add(&self.counters.puts, blocks.len() as u64);
-        Counters::add(&self.counters.evictions, evicted);
+        Counters::add(&self.counters.evictions, placed.evicted.len() as u64);
         Counters::add(
             &self.counters.bytes_written,
             written * self.geo.block_bytes as u64,
@@ -801,15 +841,17 @@ impl KvTier for PoolTier {
         for chunk in keys.chunks(step) {
             let found = crate::par::run(chunk.len(), self.threads, |i| {
                 let key = &chunk[i];
-                let set = self.geo.set_of(key);
-                let first = set * u64::from(self.geo.ways);
-                let entries = self.read_set(set)?;
-                Ok::<_, KvError>(
-                    entries
+                for set in self.candidates(key) {
+                    let first = set * u64::from(self.geo.ways);
+                    let entries = self.read_set(set)?;
+                    if let Some(w) = entries
                         .iter()
                         .position(|e| e.is_some_and(|e| e.key == *key))
-                        .map(|w| first + w as u64),
-                )
+                    {
+                        return Ok(Some(first + w as u64));
+                    }
+                }
+                Ok::<_, KvError>(None)
             })?;
             let mut seen = self.seen_lock();
             for (key, slot) in chunk.iter().zip(&found) {

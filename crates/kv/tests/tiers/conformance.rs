@@ -7,17 +7,19 @@ use oxmem_kv::{BlockKey, KvError, KvStats, KvTier};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The two sets a key may be in, the first one first.
+pub type SetsOf = Box<dyn Fn(&BlockKey) -> [u64; 2]>;
+
 /// Which blocks a store keeps when it is full.
 pub enum Eviction {
     /// Keeps nothing ([`oxmem_kv::NoTier`]).
     Nothing,
     /// LRU over the whole store of `capacity` blocks.
     Lru { capacity: usize },
-    /// LRU within sets of `ways` blocks; `set_of` says which set a key is in.
-    SetLru {
-        ways: usize,
-        set_of: Box<dyn Fn(&BlockKey) -> u64>,
-    },
+    /// Sets of `ways` blocks, two per key (`sets_of`, the first one first): a new key goes
+    /// into the set of the two with fewer blocks (the first on a tie) while it has room, else
+    /// replaces the least recently used block of the two sets.
+    TwoChoiceLru { ways: usize, sets_of: SetsOf },
 }
 
 /// What a store should hold: key → (bytes, last use).
@@ -25,6 +27,8 @@ pub struct Model {
     eviction: Eviction,
     clock: u64,
     blocks: HashMap<BlockKey, (Vec<u8>, u64)>,
+    /// The set each block is in ([`Eviction::TwoChoiceLru`] only).
+    set_of_block: HashMap<BlockKey, u64>,
     pub stats: KvStats,
 }
 
@@ -34,6 +38,7 @@ impl Model {
             eviction,
             clock: 0,
             blocks: HashMap::new(),
+            set_of_block: HashMap::new(),
             stats: KvStats {
                 capacity_blocks,
                 ..KvStats::default()
@@ -56,21 +61,34 @@ impl Model {
             *b = (data.to_vec(), now);
             return;
         }
+        if let Eviction::TwoChoiceLru { ways, sets_of } = &self.eviction {
+            let [a, b] = sets_of(&key);
+            let load = |s: u64| self.set_of_block.values().filter(|&&x| x == s).count();
+            let emptier = if load(b) < load(a) { b } else { a };
+            let set = if load(emptier) < *ways {
+                emptier
+            } else {
+                let oldest = self
+                    .set_of_block
+                    .iter()
+                    .filter(|(_, s)| **s == a || **s == b)
+                    .min_by_key(|(k, _)| self.blocks[*k].1)
+                    .map(|(k, s)| (*k, *s))
+                    .expect("full sets have blocks");
+                self.blocks.remove(&oldest.0);
+                self.set_of_block.remove(&oldest.0);
+                self.stats.evictions += 1;
+                oldest.1
+            };
+            self.blocks.insert(key, (data.to_vec(), now));
+            self.set_of_block.insert(key, set);
+            self.stats.stored_blocks = self.blocks.len() as u64;
+            return;
+        }
         // The keys competing with `key` for room, and how much room there is.
         let (rivals, room): (Vec<BlockKey>, usize) = match &self.eviction {
-            Eviction::Nothing => unreachable!(),
+            Eviction::Nothing | Eviction::TwoChoiceLru { .. } => unreachable!(),
             Eviction::Lru { capacity } => (self.blocks.keys().copied().collect(), *capacity),
-            Eviction::SetLru { ways, set_of } => {
-                let set = set_of(&key);
-                (
-                    self.blocks
-                        .keys()
-                        .filter(|k| set_of(k) == set)
-                        .copied()
-                        .collect(),
-                    *ways,
-                )
-            }
         };
         if rivals.len() >= room {
             let oldest = rivals

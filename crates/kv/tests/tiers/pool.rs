@@ -1,4 +1,4 @@
-//! `PoolTier` on a pool running in this process: the suite with LRU per set, the documented
+//! `PoolTier` on a pool running in this process: the suite with LRU within two sets, the documented
 //! layout, damaged blocks, opening a region twice, and two OS processes sharing one store.
 
 use std::process::{Command, Stdio};
@@ -9,7 +9,7 @@ use oxmem_api::RegionId;
 use oxmem_client::AllocOptions;
 use oxmem_kv::{BlockKey, KvError, KvTier, PoolTier, PoolTierOptions};
 
-use crate::conformance::{Eviction, bytes_of, concurrent_use, conformance, random_key};
+use crate::conformance::{Eviction, SetsOf, bytes_of, concurrent_use, conformance, random_key};
 use crate::pool_harness::{TestPool, connect};
 
 const BB: usize = 5000;
@@ -32,19 +32,26 @@ fn store(capacity: u64) -> PoolTier {
     PoolTier::create(region, BB, PoolTierOptions::default()).unwrap()
 }
 
-/// The set of a key, as the module docs define it.
-fn set_of(sets: u64) -> Box<dyn Fn(&BlockKey) -> u64> {
-    Box::new(move |k| u64::from_le_bytes(k.0[..8].try_into().unwrap()) % sets)
+/// The two sets of a key, as the module docs define them.
+fn sets_of(sets: u64) -> SetsOf {
+    Box::new(move |k| {
+        let h = |at: usize| u64::from_le_bytes(k.0[at..at + 8].try_into().unwrap());
+        let first = h(0) % sets;
+        if sets < 2 {
+            return [first, first];
+        }
+        [first, (first + 1 + h(8) % (sets - 1)) % sets]
+    })
 }
 
 #[test]
-fn pool_tier_passes_the_suite_with_lru_within_each_set() {
+fn pool_tier_passes_the_suite_with_lru_within_two_sets() {
     conformance(&|| Box::new(store(32)) as Box<dyn KvTier>, &|t| {
         let ways = 8;
         let sets = t.stats().capacity_blocks / ways;
-        Eviction::SetLru {
+        Eviction::TwoChoiceLru {
             ways: ways as usize,
-            set_of: set_of(sets),
+            sets_of: sets_of(sets),
         }
     });
 }
@@ -63,11 +70,13 @@ fn geometry_follows_the_region_and_the_set_mapping_is_the_documented_one() {
     // 100 blocks round up to 13 sets; the pool may round the region up and give more.
     assert!(tier.sets() >= 13);
     assert_eq!(tier.stats().capacity_blocks, tier.sets() * 8);
-    let f = set_of(tier.sets());
+    let f = sets_of(tier.sets());
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
     for _ in 0..100 {
         let k = random_key(&mut rng);
-        assert_eq!(tier.set_of(&k), f(&k));
+        let [a, b] = tier.sets_of(&k);
+        assert_eq!([a, b], f(&k));
+        assert!(a != b && b < tier.sets(), "two different sets");
     }
     assert!(PoolTier::region_bytes(BB, 100, 8).unwrap() <= tier.region().len());
     assert!(matches!(
@@ -98,10 +107,9 @@ fn slot_of(tier: &PoolTier, key: &BlockKey) -> u64 {
         .chunks_exact(64)
         .position(|e| &e[0..8] == b"OXKVENT1" && e[8..24] == key.0)
         .expect("the key has a directory entry") as u64;
-    assert_eq!(
-        slot / u64::from(tier.ways()),
-        tier.set_of(key),
-        "in its set"
+    assert!(
+        tier.sets_of(key).contains(&(slot / u64::from(tier.ways()))),
+        "in one of its sets"
     );
     slot
 }
@@ -238,9 +246,9 @@ fn garbage_in_the_region_is_never_returned_and_never_panics() {
     ));
 }
 
-/// A slot of `key`'s set (way `i mod ways`).
+/// A slot of `key`'s first set (way `i mod ways`).
 fn slot_of_set(tier: &PoolTier, key: &BlockKey, i: usize) -> u64 {
-    tier.set_of(key) * u64::from(tier.ways()) + (i as u64 % u64::from(tier.ways()))
+    tier.sets_of(key)[0] * u64::from(tier.ways()) + (i as u64 % u64::from(tier.ways()))
 }
 
 #[test]
@@ -292,14 +300,15 @@ fn open_refuses_a_region_without_a_store_and_a_store_of_another_version() {
     ));
     let tier = store(16);
     let other = pool().connect();
-    tier.region().write(8, &2u32.to_le_bytes()).unwrap();
+    // Version 1 (one set per key) is another format.
+    tier.region().write(8, &1u32.to_le_bytes()).unwrap();
     let attached = other.attach(tier.region().id()).unwrap();
     assert!(matches!(
         PoolTier::open(attached, PoolTierOptions::default()),
         Err(KvError::Incompatible(_))
     ));
     // A damaged header field (the checksum no longer matches).
-    tier.region().write(8, &1u32.to_le_bytes()).unwrap();
+    tier.region().write(8, &2u32.to_le_bytes()).unwrap();
     tier.region().write(24, &7u64.to_le_bytes()).unwrap();
     let attached = other.attach(tier.region().id()).unwrap();
     assert!(matches!(
@@ -433,4 +442,61 @@ fn second_process_reads_the_prefix_and_stores_its_own() {
         .map(|(k, b)| (*k, &b[..]))
         .collect();
     tier.put_many(&batch).unwrap();
+}
+
+/// The `h100-8b` replay's shape: a store of twice the working set, filled with the working set
+/// in write-back batches of 64. With one set per key some 8-way set receives more than 8 of
+/// these keys and evicts one (then every block after it in its prefix is recomputed); with two
+/// choices of set every block stays.
+#[test]
+fn a_store_half_full_keeps_every_block() {
+    let tier = store(848);
+    // Documents of 53 blocks each, 8 of them: 424 blocks.
+    let keys: Vec<BlockKey> = (0..8u64)
+        .flat_map(|doc| {
+            let tokens: Vec<u32> = (0..53 * 32).map(|t| t * 7 + doc as u32).collect();
+            BlockKey::chain(11, &tokens, 32)
+        })
+        .collect();
+    assert_eq!(keys.len(), 424);
+    // The case this guards against: one first set alone would have to hold more than 8.
+    let mut first = std::collections::HashMap::<u64, usize>::new();
+    for k in &keys {
+        *first.entry(tier.sets_of(k)[0]).or_default() += 1;
+    }
+    assert!(
+        first.values().any(|&n| n > 8),
+        "some set gets more than its ways by the first choice"
+    );
+    let blocks: Vec<Vec<u8>> = keys.iter().map(|k| bytes_of(k, BB)).collect();
+    let batch: Vec<(BlockKey, &[u8])> = keys
+        .iter()
+        .zip(&blocks)
+        .map(|(k, b)| (*k, &b[..]))
+        .collect();
+    for part in batch.chunks(64) {
+        tier.put_many(part).unwrap();
+    }
+    assert_eq!(
+        tier.stats().evictions,
+        0,
+        "nothing evicted from a half-full store"
+    );
+    assert_eq!(tier.count_stored().unwrap(), 424);
+    assert_eq!(tier.contains_prefix(&keys).unwrap(), keys.len());
+    // Another process (which has seen no slot) finds every block by the directory.
+    let other = pool().connect();
+    let second = PoolTier::open(
+        other.attach(tier.region().id()).unwrap(),
+        PoolTierOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(second.contains_prefix(&keys).unwrap(), keys.len());
+    let mut out = vec![vec![0u8; BB]; keys.len()];
+    let found = {
+        let mut bufs: Vec<&mut [u8]> = out.iter_mut().map(|b| &mut b[..]).collect();
+        second.get_many(&keys, &mut bufs).unwrap()
+    };
+    assert_eq!(found, vec![true; keys.len()]);
+    assert!(out == blocks);
 }
