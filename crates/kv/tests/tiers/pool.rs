@@ -1,5 +1,6 @@
-//! `PoolTier` on a pool running in this process: the suite with LRU within two sets, the documented
-//! layout, damaged blocks, opening a region twice, and two OS processes sharing one store.
+//! `PoolTier` on a pool running in this process: the suite with LRU within two sets, the
+//! documented layout, damaged blocks, a half-full store that keeps every block, opening a
+//! region twice, and two OS processes sharing one store.
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
