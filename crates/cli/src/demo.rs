@@ -195,7 +195,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let block = block_bytes(&cfg);
     let ws = working_set_blocks(&cfg);
     // Every tier can hold the whole working set twice over, so a tier never evicts what the
-    // workload will ask for again (the pool's set-associative layout needs the headroom).
+    // workload will ask for again (the pool's sets of slots need headroom).
     let tier_blocks = ws * 2;
     let simulated = matches!(cfg.compute, Compute::Replay(_));
     println!("oxmem demo: an LLM serving multi-turn conversations when its KV cache does not fit");
