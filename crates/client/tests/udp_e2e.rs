@@ -994,3 +994,34 @@ fn a_client_that_died_silently_does_not_lock_its_address_out() {
     drop(second);
     drop(server);
 }
+
+/// A frame the kernel refuses to send (here: to the broadcast address from a socket without
+/// SO_BROADCAST, as a partition's "network unreachable" would) is dropped like a lost frame;
+/// the engine keeps serving every other peer. (It used to end the engine thread: a node
+/// whose interface went down for a moment never served again.)
+#[test]
+fn a_send_the_kernel_refuses_does_not_stop_the_engine() {
+    let (_node, addr, _) = start_node(1 << 20, 65000, vec![open(1 << 20)], None);
+    let client = oxmem_client::Client::udp_at(
+        "127.0.0.1:0".parse().unwrap(),
+        oxmem_client::ClientOptions {
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(300),
+            ..oxmem_client::ClientOptions::default()
+        },
+    )
+    .expect("client");
+    let unreachable = PeerAddr::Udp("255.255.255.255:9".parse().unwrap());
+    let r = client.connect(unreachable, oxmem_client::NodeOptions::default());
+    assert!(r.is_err(), "connected to the broadcast address: {r:?}");
+    let node = PeerAddr::Udp(addr);
+    client
+        .connect(node, oxmem_client::NodeOptions::default())
+        .expect("the engine still connects to a real node");
+    client.write(node, 64, b"still serving").expect("write");
+    let mut back = [0u8; 13];
+    client.read(node, 64, &mut back).expect("read");
+    assert_eq!(&back, b"still serving");
+    let errors = client.engine_stats().send_errors.load(Relaxed);
+    assert!(errors >= 1, "the refused sends are counted ({errors})");
+}

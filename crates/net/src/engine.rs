@@ -111,6 +111,11 @@ pub struct EngineStats {
     pub frames_refused: AtomicU64,
     /// Frames from new peers beyond `max_peers`.
     pub peers_refused: AtomicU64,
+    /// Frames the kernel refused to send (no route, interface down, …): dropped, as the
+    /// network would drop them; the link layer resends.
+    pub send_errors: AtomicU64,
+    /// Receive calls that failed (e.g. the interface went down under a raw socket).
+    pub recv_errors: AtomicU64,
     pub messages_received: AtomicU64,
     /// Connections accepted (peers whose first frame opened a connection).
     pub peers: AtomicU64,
@@ -368,8 +373,17 @@ impl Runner {
             let mut busy = false;
             let now = self.now();
 
-            // 1. Receive.
-            let n = transport.recv(&mut batch)?;
+            // 1. Receive. An error (the interface went down under a raw socket, say) is
+            // counted and the engine goes on: it must serve again once the path is back.
+            let n = match transport.recv(&mut batch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(_) => {
+                    self.stats.recv_errors.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                    0
+                }
+            };
             if n > 0 {
                 busy = true;
                 self.stats
@@ -575,7 +589,10 @@ impl Runner {
     }
 }
 
-/// Sends the batch; on a full socket buffer, waits until the kernel takes the rest.
+/// Sends the batch; on a full socket buffer, waits until the kernel takes the rest. A frame
+/// the kernel refuses (its route is gone, the interface is down: a partition) is dropped and
+/// counted, like a frame the network lost; the engine keeps serving every other peer and
+/// recovers when the path comes back.
 fn flush<T: Transport>(
     transport: &mut T,
     bufs: &[Vec<u8>],
@@ -589,7 +606,16 @@ fn flush<T: Transport>(
             .enumerate()
             .map(|(i, (p, len))| (*p, &bufs[done + i][..*len]))
             .collect();
-        let sent = transport.send(&frames)?;
+        let sent = match transport.send(&frames) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(_) => {
+                // The error concerns the first frame (Transport::send's contract).
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                done += 1;
+                continue;
+            }
+        };
         for (_, len) in &meta[done..done + sent] {
             stats.bytes_sent.fetch_add(*len as u64, Ordering::Relaxed);
         }

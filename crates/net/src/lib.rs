@@ -121,7 +121,8 @@ pub trait Transport: Send + fmt::Debug + 'static {
     /// when its buffer is full (call `wait` and retry the rest).
     ///
     /// # Errors
-    /// Socket errors other than "would block".
+    /// Socket errors other than "would block", for `frames[0]` (the engine drops that frame,
+    /// as the network would, and goes on).
     fn send(&mut self, frames: &[(PeerAddr, &[u8])]) -> io::Result<usize>;
 
     /// Receives what has arrived, without blocking, replacing the batch's contents. Frames
