@@ -468,8 +468,8 @@ fn node_down(url: &str, name: &str) -> bool {
 }
 
 #[test]
-#[ignore = "open: after a coordinator restart its mover could not reach one node for 30 s \
-            (seed 1795317724504267490, debug); run with scripts/chaos.sh"]
+#[ignore = "not yet rerun on enough seeds since the last fixes to be a CI gate; run with \
+            scripts/chaos.sh"]
 fn chaos() {
     let secs = env_u64("OXMEM_CHAOS_SECS").unwrap_or(75);
     let seed = env_u64("OXMEM_CHAOS_SEED").unwrap_or_else(|| {
