@@ -468,8 +468,8 @@ fn node_down(url: &str, name: &str) -> bool {
 }
 
 #[test]
-#[ignore = "not yet rerun on enough seeds since the last fixes to be a CI gate; run with \
-            scripts/chaos.sh"]
+#[ignore = "open: seed 1795321438020814696 loses 2 acknowledged writes (debug build); run \
+            with scripts/chaos.sh"]
 fn chaos() {
     let secs = env_u64("OXMEM_CHAOS_SECS").unwrap_or(75);
     let seed = env_u64("OXMEM_CHAOS_SEED").unwrap_or_else(|| {
