@@ -2,7 +2,8 @@
 //! to a [`oxmem_kv::KvTier`], a seeded multi-turn workload, and the recovery benchmark behind
 //! `oxmem demo`.
 //!
-//! - [`model`]: the model (seeded random weights, CPU, f32) and its KV state.
+//! - [`model`]: the model (seeded random weights, CPU, f32 compute, K and V kept in bf16) and
+//!   its KV state.
 //! - [`cache`]: the local cache under a byte budget (LRU, pinning, eviction to the tier
 //!   through a background write-back thread, read-through of blocks still in flight).
 //! - [`engine`]: serving one request: reuse local blocks, fetch from the tier, compute the
@@ -20,25 +21,13 @@
 //! of KV, identical with `RAYON_NUM_THREADS=1` and `=2` (gemm splits rows and columns across
 //! threads, never the reduction).
 //!
-//! **Measured** (`cargo run --release -p oxmem-llm --example bench_modes`, two shared CPU
-//! cores, other builds running; default model and workload: 56 requests, working set 288 blocks
-//! of 1 MiB, short budget 72 MiB):
-//!
-//! | mode | elapsed | vs shortage | vs all-local |
-//! |---|---|---|---|
-//! | all-local | 26.9 s | 2.65× | 1.00 |
-//! | shortage (NoTier) | 71.5 s | 1.00× | 0.38 |
-//! | MemTier | 25.1 s | 2.85× | 1.08 |
-//!
-//! Asynchronous write-back (evicted blocks written by a background thread, see [`cache`])
-//! measured against synchronous writes on the same machine, two runs each: `mem` 23.97 s and
-//! 18.82 s (before: 21.44 s and 18.35 s), all-local 19.1–22.9 s in the same runs; with
-//! `--replay`, `mem` 5.70–7.26 s, median 6.65 s over 5 runs (before: 4.31–8.22 s, median
-//! 6.49 s over 6). No difference shows through the noise: a `MemTier` write is a memcpy
-//! (275 MiB per default run, 1.6 GiB per replay run), small next to compute and to the
-//! 0.8/5.3 GiB fetched, and on two shared cores the writer competes with the serving thread.
-//! The serving loop waited 0.00–0.02 s for writes per run and no block was read in flight.
-//! It is for slow tiers (disk, Redis, the pool) that writes leave the serving loop.
+//! **Measured.** The benchmark's numbers, with every tier (disk, Redis, the pool), are in
+//! `docs/BENCHMARKS.md` ("The LLM demo"), from `oxmem demo`. The in-process example
+//! (`cargo run --release -p oxmem-llm --example bench_modes`, `MemTier` standing in for remote
+//! memory) measured, with f32 KV blocks of 1 MiB before K and V were kept in bf16: all-local
+//! 26.9 s, shortage 71.5 s, `MemTier` 25.1 s (2.85× shortage) on two shared cores. Writing
+//! evicted blocks in the background made no difference visible through the noise for
+//! `MemTier` (a write is a memcpy); it is for slow tiers that writes leave the serving loop.
 //!
 //! Model alone (`--example model_speed`): prefill about 560–680 tokens/s in 32-token chunks,
 //! decode 8–12 ms/token at context 1024.
