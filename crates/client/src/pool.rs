@@ -468,6 +468,14 @@ impl Region {
 
     /// The data-path addresses of the copies of stripe `index`, healthy ones first.
     fn copies(&self, index: usize) -> Vec<(PeerAddr, u64)> {
+        self.copies_with_health(index)
+            .into_iter()
+            .map(|(_, p, a)| (p, a))
+            .collect()
+    }
+
+    /// The copies of stripe `index` with whether each is healthy, healthy ones first.
+    fn copies_with_health(&self, index: usize) -> Vec<(bool, PeerAddr, u64)> {
         let info = self.lock();
         let Some(stripe) = info.stripes.get(index) else {
             return Vec::new();
@@ -482,23 +490,33 @@ impl Region {
             })
             .collect();
         copies.sort_by_key(|(healthy, ..)| !healthy);
-        copies.into_iter().map(|(_, p, a)| (p, a)).collect()
+        copies
     }
 
     /// Reads `buf.len()` bytes at `offset`: every stripe at once, each from a healthy copy,
-    /// failing over to another copy (and asking the coordinator for news) when one fails.
+    /// failing over to another healthy copy (and asking the coordinator for news) when one
+    /// fails. Copies that are not healthy (stale, or being filled) are never read.
     ///
     /// # Errors
-    /// [`PoolError::OutOfRange`], or the data-path error when no copy of a stripe answers.
+    /// [`PoolError::OutOfRange`], [`PoolError::NoCopy`] when a stripe has no healthy copy,
+    /// or the data-path error when no healthy copy of a stripe answers.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
         let spans = self.spans(offset, buf.len())?;
         // Each span with the copies tried so far (the one under way last).
         let mut pending: Vec<(Span, Vec<CopyAddr>, Ticket)> = Vec::with_capacity(spans.len());
+        let mut refreshed = false;
         for s in &spans {
-            let (copy, ticket) = self.start_read_copy(*s, &[])?;
+            let (copy, ticket) = match self.start_read_copy(*s, &[]) {
+                // No copy known healthy: the cached placement may be old.
+                Err(PoolError::NoCopy { .. }) if !refreshed => {
+                    let _ = self.refresh();
+                    refreshed = true;
+                    self.start_read_copy(*s, &[])?
+                }
+                r => r?,
+            };
             pending.push((*s, vec![copy], ticket));
         }
-        let mut refreshed = false;
         while let Some((span, mut tried, ticket)) = pending.pop() {
             match ticket.wait() {
                 Ok(Completed::Read(data)) => {
@@ -530,16 +548,18 @@ impl Region {
         Ok(())
     }
 
-    /// Starts reading `span` from its first copy (healthy ones first) not in `tried`.
+    /// Starts reading `span` from its first healthy copy not in `tried`. Never from a copy
+    /// that is not healthy: a stale copy misses writes, and one being filled by a
+    /// re-replication holds zeros where the copy has not reached yet.
     fn start_read_copy(
         &self,
         span: Span,
         tried: &[CopyAddr],
     ) -> Result<(CopyAddr, Ticket), PoolError> {
-        let (peer, base) = self
-            .copies(span.stripe)
+        let (_, peer, base) = self
+            .copies_with_health(span.stripe)
             .into_iter()
-            .find(|c| !tried.contains(c))
+            .find(|(healthy, p, a)| *healthy && !tried.contains(&(*p, *a)))
             .ok_or(PoolError::NoCopy {
                 stripe: span.stripe as u64,
             })?;
@@ -631,8 +651,23 @@ impl Region {
         let [span] = spans.as_slice() else {
             return Err(Error::InvalidRequest("an atomic may not cross a stripe").into());
         };
+        // The previous value comes from the first copy: it must be a healthy one (copies are
+        // listed healthy first), not a stale copy or one being filled.
+        if !self
+            .copies_with_health(span.stripe)
+            .first()
+            .is_some_and(|(healthy, ..)| *healthy)
+        {
+            let _ = self.refresh();
+        }
+        let copies = self.copies_with_health(span.stripe);
+        if !copies.first().is_some_and(|(healthy, ..)| *healthy) {
+            return Err(PoolError::NoCopy {
+                stripe: span.stripe as u64,
+            });
+        }
         let mut old = None;
-        for (peer, base) in self.copies(span.stripe) {
+        for (_, peer, base) in copies {
             let done = self
                 .pool
                 .client
