@@ -902,13 +902,7 @@ impl State {
                         .flatten()
                         .any(|c| c.extent == e.id && c.healthy);
                 if current {
-                    for (client, seq) in &holders {
-                        out.push(GrantPush {
-                            target: target.clone(),
-                            grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
-                            spec: grant_spec(client, e, target.epoch),
-                        });
-                    }
+                    push_extent_grants(&mut out, &target, e, &holders);
                 }
             }
         }
@@ -940,13 +934,7 @@ impl State {
             let Some(target) = self.target(&e.node_id) else {
                 continue;
             };
-            for (client, seq) in &holders {
-                out.push(GrantPush {
-                    target: target.clone(),
-                    grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
-                    spec: grant_spec(client, e, target.epoch),
-                });
-            }
+            push_extent_grants(&mut out, &target, e, &holders);
         }
         out
     }
@@ -1894,4 +1882,20 @@ fn grant_spec(client: &str, e: &ExtentRecord, epoch: u64) -> GrantSpec {
 /// The attachment numbers of a region.
 fn attachment_seqs(r: &RegionRecord) -> Vec<u64> {
     r.attached.iter().map(|a| a.seq).collect()
+}
+
+/// The grants of extent `e` on `target`, one per holder (see `State::grant_holders`).
+fn push_extent_grants(
+    out: &mut Vec<GrantPush>,
+    target: &NodeTarget,
+    e: &ExtentRecord,
+    holders: &[(String, Option<u64>)],
+) {
+    for (client, seq) in holders {
+        out.push(GrantPush {
+            target: target.clone(),
+            grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
+            spec: grant_spec(client, e, target.epoch),
+        });
+    }
 }
