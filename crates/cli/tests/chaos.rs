@@ -99,6 +99,9 @@ struct Shadow {
     writer: Vec<u64>,
     /// Bytes touched by failed operations: every value they may hold.
     unknown: HashMap<usize, Vec<u8>>,
+    /// For each acknowledged operation: when, where, and the copies the client knew then
+    /// (printed when its bytes are found missing).
+    notes: HashMap<u64, String>,
 }
 
 impl Shadow {
@@ -107,10 +110,18 @@ impl Shadow {
             data: vec![0; len],
             writer: vec![0; len],
             unknown: HashMap::new(),
+            notes: HashMap::new(),
         }
     }
 
-    fn acked(&mut self, at: usize, bytes: &[u8], op: u64) {
+    fn acked(&mut self, at: usize, bytes: &[u8], op: u64, region: &Region) {
+        let note = format!(
+            "t={:.3} {at:#x}+{} knowing {}",
+            common::since_start(),
+            bytes.len(),
+            view(region, at, bytes.len())
+        );
+        self.notes.insert(op, note);
         for (i, &b) in bytes.iter().enumerate() {
             self.data[at + i] = b;
             self.writer[at + i] = op;
@@ -174,14 +185,31 @@ impl Counts {
         }
     }
 
-    fn checked(&mut self, what: String, (verified, bad, lost): (u64, u64, BTreeSet<u64>)) {
+    /// Counts the result of [`Shadow::check`] on bytes read from `region` at `at`.
+    fn checked(
+        &mut self,
+        what: String,
+        (verified, bad, lost): (u64, u64, BTreeSet<u64>),
+        shadow: &Shadow,
+        region: &Region,
+        at: usize,
+        len: usize,
+    ) {
         self.verified += verified;
         self.mismatches += bad;
         self.lost_acked += lost.len() as u64;
         if bad > 0 && self.details.len() < 20 {
-            self.details.push(format!(
-                "{what}: {bad} bytes differ, lost acked ops {lost:?}"
-            ));
+            let notes: Vec<String> = lost
+                .iter()
+                .map(|op| format!("op {op:#x} {}", shadow.notes.get(op).map_or("?", |s| s)))
+                .collect();
+            let line = format!(
+                "t={:.3} {what}: {bad} bytes differ, reading from {}; lost acked ops {notes:?}",
+                common::since_start(),
+                view(region, at, len)
+            );
+            eprintln!("{line}");
+            self.details.push(line);
         }
     }
 
@@ -288,7 +316,7 @@ fn client(
             match region.write(at as u64, &bytes) {
                 Ok(()) => {
                     counts.op("write", true);
-                    shadow.acked(at, &bytes, op);
+                    shadow.acked(at, &bytes, op, region);
                 }
                 Err(_) => {
                     counts.op("write", false);
@@ -303,7 +331,7 @@ fn client(
             counts.op("read", r.is_ok());
             if r.is_ok() {
                 let what = format!("client {id} region {} read {at:#x}+{n}", region.id());
-                counts.checked(what, shadow.check(at, &buf));
+                counts.checked(what, shadow.check(at, &buf), shadow, region, at, n);
             }
         } else {
             let at = 8 * rng.below((len / 8) as u64) as usize;
@@ -313,7 +341,7 @@ fn client(
                 let ok = region.write(at as u64, &bytes).is_ok();
                 counts.op("write", ok);
                 if ok {
-                    shadow.acked(at, &bytes, op);
+                    shadow.acked(at, &bytes, op, region);
                 } else {
                     shadow.failed(at, &bytes);
                 }
@@ -325,8 +353,15 @@ fn client(
                 Ok(old) => {
                     counts.op("fetch_add", true);
                     let what = format!("client {id} region {} fetch_add {at:#x}", region.id());
-                    counts.checked(what, shadow.check(at, &old.to_le_bytes()));
-                    shadow.acked(at, &old.wrapping_add(v).to_le_bytes(), op);
+                    counts.checked(
+                        what,
+                        shadow.check(at, &old.to_le_bytes()),
+                        shadow,
+                        region,
+                        at,
+                        8,
+                    );
+                    shadow.acked(at, &old.wrapping_add(v).to_le_bytes(), op, region);
                 }
                 Err(_) => {
                     counts.op("fetch_add", false);
@@ -369,13 +404,38 @@ fn client(
             );
         }
         let what = format!("client {id} region {} final read", region.id());
-        counts.checked(what, shadow.check(0, &buf));
+        let len = buf.len();
+        counts.checked(what, shadow.check(0, &buf), shadow, region, 0, len);
     }
     for (r, _) in regions {
         let _ = r.free();
     }
     let _ = pool.close();
     counts
+}
+
+/// The copies of the stripes under `[at, at + len)` as the client knows them now:
+/// `s3:[n1@0x10000 healthy, n4@0x0 filling]`.
+fn view(region: &Region, at: usize, len: usize) -> String {
+    let info = region.info();
+    let first = at as u64 / info.stripe_size;
+    let last = (at + len.max(1) - 1) as u64 / info.stripe_size;
+    info.stripes
+        .iter()
+        .filter(|s| (first..=last).contains(&s.index))
+        .map(|s| {
+            let copies: Vec<String> = s
+                .copies
+                .iter()
+                .map(|c| {
+                    let h = if c.healthy { "healthy" } else { "not healthy" };
+                    format!("{}@{:#x} {h}", c.node_id, c.address)
+                })
+                .collect();
+            format!("s{}:[{}]", s.index, copies.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Prints, for every copy of a region, what its node's grant table holds over that copy's

@@ -6,7 +6,8 @@
 //! - Then it heartbeats (`POST /v1/nodes/{id}/heartbeat`) every third of the lease.
 //! - When the coordinator cannot be reached, or fails, the node goes on serving and the agent
 //!   retries, backing off from [`AgentConfig::min_backoff`] to [`AgentConfig::max_backoff`]
-//!   (a heartbeat is retried at least every third of the lease).
+//!   (a heartbeat, and a registration once the node has had a lease, is retried at least
+//!   every third of the lease).
 //! - When the coordinator answers a heartbeat with `unknown_node` (it forgot the node: a
 //!   restart on a fresh store, say) the agent registers again, under a new epoch.
 //! - **Self-fencing.** When no heartbeat has succeeded for a whole lease, counted from when
@@ -256,6 +257,11 @@ impl Runner {
         let mut backoff = self.config.min_backoff;
         let mut failing = false;
         let mut registered: Option<(NodeId, Duration)> = None;
+        // How often to heartbeat under the last lease given. Registration retries never wait
+        // longer than that once the node has had a lease: a coordinator that has just restarted
+        // gives every node one lease to come back, and a node that waited out a long backoff
+        // would be declared down, and its copies re-made, for nothing.
+        let mut every_known: Option<Duration> = None;
         // When the lease the coordinator holds for the node ends at the latest: the lease
         // counted from when the last successful registration or heartbeat was sent.
         let mut lease_end: Option<Instant> = None;
@@ -297,13 +303,14 @@ impl Runner {
                             dropped,
                         });
                         wait = interval(r.lease);
+                        every_known = Some(wait);
                         lease_end = Some(sent + Duration::from_millis(r.lease.lease_ms));
                         registered = Some((r.node_id, wait));
                         backoff = self.config.min_backoff;
                         failing = false;
                     }
                     Err(e) => {
-                        wait = backoff;
+                        wait = every_known.map_or(backoff, |every| backoff.min(every));
                         backoff = (backoff * 2).min(self.config.max_backoff);
                         self.fail(true, &e, wait);
                     }
@@ -341,6 +348,7 @@ impl Runner {
                         });
                     }
                     wait = interval(lease);
+                    every_known = Some(wait);
                     registered = Some((node_id, wait));
                     backoff = self.config.min_backoff;
                     failing = false;

@@ -551,8 +551,11 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             let cfg = &self.inner.config;
             let mut b = Batch::new();
             let down = st.expire_nodes(now, cfg.lease.as_millis() as u64, &mut b);
-            for _ in &down {
+            for id in &down {
                 metrics::counter!("oxmem_coord_node_lease_expiries_total").increment(1);
+                eprintln!(
+                    "oxmem coord: node {id} is down: its lease ran out; its copies are stale"
+                );
             }
             // Right after a start (a restart, a failover), sessions get one more lease: their
             // clients were heartbeating a coordinator that was not there, and retry.
@@ -617,6 +620,20 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             );
         } else {
             metrics::counter!("oxmem_coord_repairs_started_total").increment(1);
+            let jobs: Vec<String> = plan
+                .jobs
+                .iter()
+                .map(|j| {
+                    format!(
+                        "{}@{:#x} -> {}@{:#x} ({} bytes)",
+                        j.from_node.node_id, j.from_address, j.to_node.node_id, j.to_address, j.len
+                    )
+                })
+                .collect();
+            eprintln!(
+                "oxmem coord: re-replicating region {id}: {}",
+                jobs.join(", ")
+            );
             return Some(plan);
         }
         self.end_repair(st, &plan, false).await;
@@ -693,7 +710,8 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             .collect();
         let _ = fan_out(&self.inner.control, revokes).await;
         let mut b = Batch::new();
-        let released = if ok && st.repair_still_valid(plan) {
+        let finished = ok && st.repair_still_valid(plan);
+        let released = if finished {
             metrics::counter!("oxmem_coord_repairs_finished_total").increment(1);
             st.finish_repair(plan, &mut b)
         } else {
@@ -702,6 +720,12 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             st.abort_repair(plan, retry, &mut b)
         };
         if self.commit(st, b).await.is_ok() {
+            if finished {
+                eprintln!(
+                    "oxmem coord: re-replication of region {} done",
+                    plan.region_id
+                );
+            }
             let _ = self.run_releases(st, Some(&released)).await;
         }
     }
@@ -818,8 +842,27 @@ async fn register_node<S: MetadataStore, C: NodeControl, M: DataMover>(
 ) -> Answer<NodeRegistered> {
     let mut st = co.enter_as_node(&headers).await?;
     let mut b = Batch::new();
+    let before = st
+        .node_by_name(&req.name)
+        .map(|n| (n.up, n.rec.boot_id == req.boot_id));
     let node = st.register_node(req, co.now_ms(), &mut b)?;
     co.commit(&mut st, b).await?;
+    let id = &node.rec.node_id;
+    let epoch = node.rec.epoch;
+    match before {
+        None => eprintln!("oxmem coord: node {id} ({}) joined", node.rec.name),
+        Some((_, false)) => eprintln!(
+            "oxmem coord: node {id} registered after a restart (epoch {epoch}): its copies are \
+             stale"
+        ),
+        Some((false, true)) => eprintln!(
+            "oxmem coord: node {id} is back, same process (epoch {epoch}): sole copies it holds \
+             are current again"
+        ),
+        Some((true, true)) => {
+            eprintln!("oxmem coord: node {id} registered again, same process (epoch {epoch})")
+        }
+    }
     // Re-push the grants of its current extents (under the new epoch), then release what
     // was moved away while it was gone.
     co.push_pending_grants(&mut st).await;
@@ -841,7 +884,12 @@ async fn heartbeat_node<S: MetadataStore, C: NodeControl, M: DataMover>(
     let arrived = co.now_ms(); // the lease counts from here (see `heartbeat_session`)
     let mut st = co.enter_as_node(&headers).await?;
     let mut b = Batch::new();
-    st.heartbeat_node(&NodeId(id), arrived, &mut b)?;
+    let id = NodeId(id);
+    if st.heartbeat_node(&id, arrived, &mut b)? {
+        eprintln!(
+            "oxmem coord: node {id} is back (heartbeat): sole copies it holds are current again"
+        );
+    }
     co.commit(&mut st, b).await?;
     Ok(axum::Json(Lease {
         lease_ms: co.config().lease.as_millis() as u64,

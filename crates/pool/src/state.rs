@@ -103,11 +103,20 @@ pub struct ExtentRecord {
 }
 
 /// One copy of a stripe: `offset` bytes into extent `extent`.
+///
+/// A copy that is not healthy is either **stale** (it missed writes that went to other copies,
+/// or its node restarted and lost its memory, or it is still being filled: only
+/// re-replication replaces it) or **unavailable but current** (it was among the last healthy
+/// copies of its stripe when its node went down: when that node comes back with its memory,
+/// and no other copy of the stripe has become healthy meanwhile, it is current again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
     pub extent: u64,
     pub offset: u64,
     pub healthy: bool,
+    /// Never current again (see above); meaningful only when not healthy.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// A region as stored.
@@ -298,6 +307,10 @@ pub struct NodeState {
     pub last_heartbeat: u64,
     /// Its grants must be (re)pushed: after a registration or a return from down.
     pub grants_pending: bool,
+    /// It has heartbeated or registered since this coordinator loaded it: until then, the
+    /// copies it holds that went down current are not restored (see
+    /// [`State::heartbeat_node`]).
+    pub confirmed: bool,
 }
 
 /// A session and its last heartbeat.
@@ -473,6 +486,7 @@ impl State {
                             up: true,
                             last_heartbeat: now,
                             grants_pending: false,
+                            confirmed: false,
                         },
                     );
                 }
@@ -551,6 +565,7 @@ impl State {
                 n.up = o.up;
                 n.last_heartbeat = o.last_heartbeat;
                 n.grants_pending = o.grants_pending;
+                n.confirmed = o.confirmed;
             }
         }
         for (id, s) in &mut self.sessions {
@@ -664,9 +679,11 @@ impl State {
                 // back before its lease ran out. Every copy it held is stale. The same
                 // process coming back (it fenced itself, say, while the coordinator was away)
                 // still has its memory: sole copies it holds are current.
+                // (Whether or not this coordinator saw it go down: one that restarted meanwhile
+                // loaded it as up, with the copies an earlier run marked down.)
                 if self.nodes[&id].rec.boot_id != req.boot_id {
-                    self.mark_node_down(&id, batch);
-                } else if req.boot_id.is_some() && !self.nodes[&id].up {
+                    self.mark_node_down(&id, true, batch);
+                } else if req.boot_id.is_some() {
                     self.restore_sole_copies(&id, batch);
                 }
                 let node = self.nodes.get_mut(&id).expect("found");
@@ -676,6 +693,7 @@ impl State {
                 node.rec.admin_url = req.admin_url;
                 node.rec.capacity = req.capacity;
                 node.up = true;
+                node.confirmed = true;
                 node.last_heartbeat = now;
                 node.grants_pending = true;
                 id
@@ -701,6 +719,7 @@ impl State {
                         up: true,
                         last_heartbeat: now,
                         grants_pending: false,
+                        confirmed: true,
                     },
                 );
                 id
@@ -726,9 +745,12 @@ impl State {
         ext.chain(rel).max().unwrap_or(0)
     }
 
-    /// A node heartbeats. A node that was down comes back up: copies on it of stripes that have
-    /// no healthy copy anywhere become healthy again (no one could have written them
-    /// elsewhere); its other copies stay stale until re-replication replaces them.
+    /// A node heartbeats. A node that was down comes back up: the copies on it that went down
+    /// current, of stripes that have no healthy copy anywhere, become healthy again (no one
+    /// could have written them elsewhere); its other copies stay stale until re-replication
+    /// replaces them. The same happens at the first heartbeat after this coordinator loaded
+    /// the node (a heartbeat comes from the process that registered, so its memory is intact).
+    /// Returns whether the node was down.
     ///
     /// # Errors
     ///
@@ -744,7 +766,12 @@ impl State {
             .get_mut(id)
             .ok_or_else(|| err(ErrorCode::UnknownNode, format!("no node {id}: register")))?;
         node.last_heartbeat = node.last_heartbeat.max(now);
+        let first = !node.confirmed;
+        node.confirmed = true;
         if node.up {
+            if first {
+                self.restore_sole_copies(id, batch);
+            }
             return Ok(false);
         }
         node.up = true;
@@ -753,9 +780,10 @@ impl State {
         Ok(true)
     }
 
-    /// A node that was down is back with its memory (same process): its copies of stripes
-    /// that have no healthy copy anywhere become healthy again (no one could have written
-    /// them elsewhere); its other copies stay stale until re-replication replaces them.
+    /// A node that was down is back with its memory (same process): its copies that went
+    /// down current, of stripes that have no healthy copy anywhere, become healthy again (no
+    /// one could have written them elsewhere). Every other copy of such a stripe is stale from
+    /// now on: writes go to the restored copies only.
     fn restore_sole_copies(&mut self, id: &NodeId, batch: &mut Batch) {
         for r in self.regions.values_mut() {
             let on_node: Vec<u64> = r
@@ -769,13 +797,21 @@ impl State {
             }
             let mut changed = false;
             for copies in &mut r.stripes {
-                if copies.iter().any(|c| c.healthy) {
+                if copies.iter().any(|c| c.healthy)
+                    || !copies
+                        .iter()
+                        .any(|c| !c.stale && on_node.contains(&c.extent))
+                {
                     continue;
                 }
-                for c in copies.iter_mut().filter(|c| on_node.contains(&c.extent)) {
-                    c.healthy = true;
-                    changed = true;
+                for c in copies.iter_mut() {
+                    if !c.stale && on_node.contains(&c.extent) {
+                        c.healthy = true;
+                    } else {
+                        c.stale = true;
+                    }
                 }
+                changed = true;
             }
             if changed {
                 batch.put(keys::region(r.region_id), &*r);
@@ -793,7 +829,7 @@ impl State {
             .map(|n| n.rec.node_id.clone())
             .collect();
         for id in &down {
-            self.mark_node_down(id, batch);
+            self.mark_node_down(id, false, batch);
         }
         down
     }
@@ -809,8 +845,12 @@ impl State {
         }
     }
 
-    /// Marks a node down now (lease expiry, or the operator).
-    pub fn mark_node_down(&mut self, id: &NodeId, batch: &mut Batch) {
+    /// Marks a node down now (lease expiry, or the operator), and every copy on it not
+    /// healthy. Those of stripes that keep a healthy copy elsewhere are stale (writes go on
+    /// without them); those that were the last healthy copies of their stripes stay current
+    /// (see [`CopyRecord`]) unless `memory_lost` (the node restarted): then every copy on it
+    /// is stale, the unhealthy ones included.
+    pub fn mark_node_down(&mut self, id: &NodeId, memory_lost: bool, batch: &mut Batch) {
         let Some(node) = self.nodes.get_mut(id) else {
             return;
         };
@@ -827,12 +867,16 @@ impl State {
             }
             let mut changed = false;
             for copies in &mut r.stripes {
-                for c in copies
-                    .iter_mut()
-                    .filter(|c| c.healthy && on_node.contains(&c.extent))
-                {
-                    c.healthy = false;
-                    changed = true;
+                let elsewhere = copies
+                    .iter()
+                    .any(|c| c.healthy && !on_node.contains(&c.extent));
+                for c in copies.iter_mut().filter(|c| on_node.contains(&c.extent)) {
+                    let stale = c.stale || memory_lost || (c.healthy && elsewhere);
+                    if c.healthy || stale != c.stale {
+                        c.healthy = false;
+                        c.stale = stale;
+                        changed = true;
+                    }
                 }
             }
             if changed {
@@ -844,6 +888,11 @@ impl State {
     /// Whether the node is known and up.
     pub fn node_up(&self, id: &NodeId) -> bool {
         self.nodes.get(id).is_some_and(|n| n.up)
+    }
+
+    /// The node named `name`, if known.
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeState> {
+        self.nodes.values().find(|n| n.rec.name == name)
     }
 
     /// A node, if known.
@@ -1353,6 +1402,7 @@ impl State {
                             extent: extents[j].id,
                             offset: fill[j],
                             healthy: true,
+                            stale: false,
                         };
                         fill[j] += len;
                         c
@@ -1602,6 +1652,7 @@ impl State {
                     extent: ext.id,
                     offset: *off,
                     healthy: false,
+                    stale: true, // being filled
                 },
             ));
             *off += len;
@@ -1668,6 +1719,7 @@ impl State {
         for copies in &mut r.stripes {
             for c in copies.iter_mut().filter(|c| new.contains(&c.extent)) {
                 c.healthy = true;
+                c.stale = false;
             }
             if copies.iter().filter(|c| c.healthy).count() >= replicas {
                 copies.retain(|c| c.healthy);

@@ -377,3 +377,196 @@ fn a_node_that_restarted_within_its_lease_holds_no_healthy_copies() {
         }
     }
 }
+
+/// A metadata store in a map: what a coordinator would find on restart.
+#[derive(Default)]
+struct Records(std::collections::BTreeMap<String, Vec<u8>>);
+
+impl Records {
+    fn commit(&mut self, b: Batch) {
+        for c in b.into_changes() {
+            match c {
+                oxmem_pool::store::Change::Put { key, value } => {
+                    self.0.insert(key, value);
+                }
+                oxmem_pool::store::Change::Delete { key } => {
+                    self.0.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A coordinator starting on these records at `now`.
+    fn load(&mut self, now: u64) -> State {
+        let records = self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let (st, b) = State::load(Limits::default(), records, now).unwrap();
+        self.commit(b);
+        st
+    }
+}
+
+fn register(st: &mut State, i: usize, now: u64, records: &mut Records) {
+    let mut b = Batch::new();
+    st.register_node(
+        RegisterNode {
+            name: format!("node{i}"),
+            data_addrs: vec![format!("udp://10.0.0.{i}:7000")],
+            admin_url: format!("http://10.0.0.{i}:7547"),
+            capacity: 1 << 30,
+            boot_id: Some(format!("boot-{i}")),
+        },
+        now,
+        &mut b,
+    )
+    .unwrap();
+    records.commit(b);
+}
+
+fn heartbeat(st: &mut State, i: usize, now: u64, records: &mut Records) {
+    let mut b = Batch::new();
+    st.heartbeat_node(&NodeId(format!("n{}", i + 1)), now, &mut b)
+        .unwrap();
+    records.commit(b);
+}
+
+/// Per stripe, the nodes of its healthy copies.
+fn healthy_nodes(st: &State, id: oxmem_api::RegionId) -> Vec<BTreeSet<String>> {
+    st.region_info(st.region(id).unwrap())
+        .stripes
+        .iter()
+        .map(|s| {
+            s.copies
+                .iter()
+                .filter(|c| c.healthy)
+                .map(|c| c.node_id.0.clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// Three nodes, one region of 6 stripes with 2 replicas, every change recorded.
+fn recorded_pool() -> (State, Records, oxmem_api::RegionId) {
+    let mut st = State::new(Limits::default());
+    let mut records = Records::default();
+    for i in 0..3 {
+        register(&mut st, i, 0, &mut records);
+    }
+    let mut b = Batch::new();
+    let t = st
+        .create_tenant(
+            CreateTenant {
+                name: "acme".into(),
+                quota_bytes: u64::MAX,
+            },
+            "tok".into(),
+            &mut b,
+        )
+        .unwrap();
+    let s = st
+        .open_session(
+            &t,
+            OpenSession {
+                client_addr: "udp://10.0.1.1:9000".into(),
+            },
+            0,
+            &mut b,
+        )
+        .unwrap();
+    let id = st.alloc(&t, &req(&s, 6 * MIB, Some(2)), &mut b).unwrap();
+    records.commit(b);
+    (st, records, id)
+}
+
+const LEASE: u64 = 1000;
+
+fn expire(st: &mut State, now: u64, records: &mut Records) -> Vec<NodeId> {
+    let mut b = Batch::new();
+    let down = st.expire_nodes(now, LEASE, &mut b);
+    records.commit(b);
+    down
+}
+
+#[test]
+fn copies_that_went_down_current_come_back_to_a_restarted_coordinator() {
+    let (mut st, mut records, id) = recorded_pool();
+    // Nodes n1 and n2 stop heartbeating and are declared down together: the stripes whose
+    // two copies are on them have no healthy copy (lost for now), but the copy that went down
+    // last is current: no one could write anywhere else since.
+    heartbeat(&mut st, 2, 5000, &mut records);
+    let down = expire(&mut st, 5000, &mut records);
+    assert_eq!(down.len(), 2);
+    assert_eq!(
+        st.region_info(st.region(id).unwrap()).health,
+        RegionHealth::Lost
+    );
+    // The coordinator restarts and loads every node as up, with those copies down.
+    let mut st = records.load(6000);
+    assert_eq!(
+        st.region_info(st.region(id).unwrap()).health,
+        RegionHealth::Lost
+    );
+    // The first heartbeat of a node after the restart comes from the process that held the
+    // copies (a restarted node registers): what went down current on it is current again.
+    heartbeat(&mut st, 0, 6100, &mut records);
+    // The other comes back by registering again from the same process (it fenced itself).
+    register(&mut st, 1, 6200, &mut records);
+    let healthy = healthy_nodes(&st, id);
+    assert!(
+        healthy.iter().all(|h| !h.is_empty()),
+        "a stripe is still lost: {healthy:?}"
+    );
+    // Where both copies were on n1 and n2, exactly one of them is current: the other went
+    // down while it was still healthy, and writes may have reached only the first since.
+    let info = st.region_info(st.region(id).unwrap());
+    let both_down = info
+        .stripes
+        .iter()
+        .filter(|s| s.copies.iter().all(|c| c.node_id.0 != "n3"))
+        .count();
+    assert!(both_down > 0, "no stripe had both copies on n1 and n2");
+    for (s, h) in info.stripes.iter().zip(&healthy) {
+        if s.copies.iter().all(|c| c.node_id.0 != "n3") {
+            assert_eq!(h.len(), 1, "stripe {}: {h:?}", s.index);
+        }
+    }
+}
+
+#[test]
+fn a_copy_that_missed_writes_is_never_current_again() {
+    let (mut st, mut records, id) = recorded_pool();
+    // n1 goes down first: writes go on to the other copy of each of its stripes.
+    heartbeat(&mut st, 1, 5000, &mut records);
+    heartbeat(&mut st, 2, 5000, &mut records);
+    assert_eq!(
+        expire(&mut st, 5000, &mut records),
+        vec![NodeId("n1".into())]
+    );
+    // Then n2: stripes on n1 and n2 have no healthy copy left; n2's copy is the current one.
+    heartbeat(&mut st, 2, 9000, &mut records);
+    assert_eq!(
+        expire(&mut st, 9000, &mut records),
+        vec![NodeId("n2".into())]
+    );
+    let lost: Vec<usize> = healthy_nodes(&st, id)
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!lost.is_empty(), "no stripe had both copies on n1 and n2");
+    // n1 comes back with its memory: its copies of those stripes missed writes, so they stay
+    // down, even though no other copy is healthy.
+    heartbeat(&mut st, 0, 9100, &mut records);
+    for &i in &lost {
+        assert!(healthy_nodes(&st, id)[i].is_empty(), "stripe {i}");
+    }
+    // n2 comes back: its copies are current again; n1's stay stale.
+    heartbeat(&mut st, 1, 9200, &mut records);
+    for &i in &lost {
+        assert_eq!(
+            healthy_nodes(&st, id)[i],
+            BTreeSet::from(["n2".to_string()]),
+            "stripe {i}"
+        );
+    }
+}

@@ -8,12 +8,24 @@ pub mod pool;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// When this test process started its first child: echoed lines and test logs are stamped
+/// with seconds since then, so that the children's logs and the test's own line up.
+pub fn since_start() -> f64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// The binary under test: cargo's build of `oxmem`, or `OXMEM_TEST_BIN` when set (to run a
+/// copied test binary, e.g. a long chaos loop, while the tree is being rebuilt).
 pub fn oxmem() -> &'static str {
-    env!("CARGO_BIN_EXE_oxmem")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("OXMEM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_oxmem").to_owned())
+    })
 }
 
 /// A child process whose stdout lines are collected by a thread. Killed and reaped on drop,
@@ -48,12 +60,13 @@ impl Running {
         // With OXMEM_TEST_ECHO_STDERR set, what children say on stderr is echoed as it comes
         // (for diagnosing long runs whose children are killed before they finish).
         let echo = std::env::var_os("OXMEM_TEST_ECHO_STDERR").is_some();
+        since_start();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             for line in BufReader::new(&mut stderr).lines() {
                 let Ok(line) = line else { break };
                 if echo {
-                    eprintln!("{line}");
+                    eprintln!("[{:9.3}] {line}", since_start());
                 }
                 s.push_str(&line);
                 s.push('\n');
