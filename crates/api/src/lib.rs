@@ -268,9 +268,16 @@ pub enum GrantAccess {
 pub struct GrantSpec {
     /// `udp://IP:PORT` or `eth/MAC`.
     pub peer: String,
+    /// The first byte of the node's memory it covers.
     pub base: u64,
     pub len: u64,
     pub access: GrantAccess,
+    /// The address the peer uses for the byte at `base` (absent: `base` itself). The
+    /// coordinator gives every grant addresses of its own, never used before, so that a peer
+    /// acting on an old placement is denied rather than reaching memory reused since. It must
+    /// be aligned like `base` modulo 32 KiB (the largest TileLink transfer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u64>,
     /// The node registration epoch the grant was made for; a node refuses grants of older
     /// epochs.
     pub epoch: u64,

@@ -467,9 +467,9 @@ fn diagnose(url: &str, region: &Region, pool: &Pool) {
             let covering: Vec<String> = grants
                 .iter()
                 .filter(|g| {
-                    let base = g["base"].as_u64().unwrap_or(0);
                     let len = g["len"].as_u64().unwrap_or(0);
-                    base <= c.address && c.address < base + len
+                    let addr = g["addr"].as_u64().or(g["base"].as_u64()).unwrap_or(0);
+                    addr <= c.address && c.address < addr + len
                 })
                 .map(|g| g.to_string())
                 .collect();

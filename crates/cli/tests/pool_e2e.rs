@@ -214,9 +214,13 @@ fn freed_memory_is_denied_to_the_old_owner_and_zero_for_the_next_tenant() {
         .iter()
         .map(|s| (s.copies[0].node_id.clone(), s.copies[0].address))
         .collect();
+    // B's region takes all the memory there is, so it is A's old memory; but at addresses of
+    // its own: A's old addresses lead nowhere.
+    let capacity: u64 = up.nodes().iter().map(|n| n.capacity).sum();
+    assert_eq!(rb.len(), capacity, "B's region is all of the pool's memory");
     assert!(
-        spots.iter().all(|s| b_spots.contains(s)),
-        "B's region covers A's old stripes: {spots:?} vs {b_spots:?}"
+        spots.iter().all(|s| !b_spots.contains(s)),
+        "B's region is at A's old addresses: {spots:?} vs {b_spots:?}"
     );
     let zeros = vec![0u8; rb.len() as usize];
     assert_same(&read_all(&rb), &zeros, "B's region (A's old memory)");

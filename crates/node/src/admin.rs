@@ -274,6 +274,7 @@ impl NodeAdmin {
             base: spec.base,
             len: spec.len,
             access,
+            addr: spec.addr.unwrap_or(spec.base),
         };
         let mut exec = lock_exec(&self.inner.executor);
         let table_id = exec

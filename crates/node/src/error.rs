@@ -42,8 +42,12 @@ pub enum Error {
         capacity: u64,
     },
 
-    /// The caller tried to add a grant that is empty or reaches past the arena.
-    #[error("grant {base:#x}+{len:#x} is empty or reaches past the {limit:#x}-byte arena")]
+    /// The caller tried to add a grant that is empty or reaches past the arena (or whose
+    /// peer addresses overflow, or are not aligned like its base).
+    #[error(
+        "grant {base:#x}+{len:#x} is empty, reaches past the {limit:#x}-byte arena, or has peer \
+         addresses that overflow or are not aligned like its base"
+    )]
     InvalidGrant { base: u64, len: u64, limit: u64 },
 
     /// The caller gave a size string [`parse_size`](crate::parse_size) cannot read.

@@ -351,7 +351,11 @@ impl<P: PartialEq> Executor<P> {
             }
             _ => {}
         }
-        let outcome = self.authorize(peer, req).and_then(|()| self.perform(req));
+        // Performed at the arena address the grant maps the request's address to.
+        let outcome = self.authorize(peer, req).and_then(|address| {
+            let at = Message { address, ..*req };
+            self.perform(&at)
+        });
         match outcome {
             Ok(reply) => reply,
             Err(reason) => {
@@ -365,8 +369,9 @@ impl<P: PartialEq> Executor<P> {
         }
     }
 
-    /// Everything that can deny a request, checked before any byte is touched.
-    fn authorize(&self, peer: &P, req: &Message<'_>) -> Result<(), DenyReason> {
+    /// Everything that can deny a request, checked before any byte is touched. Returns the
+    /// arena address the request's address stands for under the grant that allows it.
+    fn authorize(&self, peer: &P, req: &Message<'_>) -> Result<u64, DenyReason> {
         if let Err(e) = req.check() {
             return Err(match e {
                 oxmem_wire::Error::UnalignedAddress { .. } => DenyReason::Unaligned,
@@ -385,18 +390,18 @@ impl<P: PartialEq> Executor<P> {
         if req.corrupt && req.op.has_data() {
             return Err(DenyReason::CorruptData);
         }
-        if !self.arena.contains(req.address, len) {
-            return Err(DenyReason::OutOfArena);
-        }
         let write = match req.op {
             Op::Get => false,
             Op::Intent => req.param == IntentParam::PrefetchWrite as u8,
             _ => true,
         };
-        match self.grants.access(peer, req.address, len) {
+        match self.grants.resolve(peer, req.address, len) {
+            None if !self.arena.contains(req.address, len) => Err(DenyReason::OutOfArena),
             None => Err(DenyReason::NoGrant),
-            Some(access) if write && !access.allows_write() => Err(DenyReason::ReadOnly),
-            Some(_) => Ok(()),
+            Some((access, _)) if write && !access.allows_write() => Err(DenyReason::ReadOnly),
+            // Grants fit the arena when added; checked again all the same.
+            Some((_, at)) if !self.arena.contains(at, len) => Err(DenyReason::OutOfArena),
+            Some((_, at)) => Ok(at),
         }
     }
 

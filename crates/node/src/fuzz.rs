@@ -77,6 +77,7 @@ pub fn fuzz_execute_counted(data: &[u8]) -> Option<Counters> {
                 base,
                 len,
                 access,
+                addr: base,
             })
             .expect("fixture grants fit the arena");
         let pattern = (i as u8 + 1).wrapping_mul(0x11);

@@ -41,13 +41,26 @@ impl Access {
     }
 }
 
-/// Permission for a peer to use `[base, base + len)` of the arena.
+/// The alignment a grant's peer address and arena base must share: the largest TileLink
+/// transfer, so that a naturally aligned request stays naturally aligned in the arena.
+pub const GRANT_ADDRESS_ALIGN: u64 = 1 << oxmem_wire::tilelink::MAX_SIZE;
+
+/// Permission for a peer to use `[base, base + len)` of the arena, which it addresses as
+/// `[addr, addr + len)`.
+///
+/// Grants made on the command line use the arena's own addresses (`addr == base`). The
+/// coordinator gives each of its grants an address range of its own, never used before, far
+/// above the arena: a peer that acts on an old placement (a stripe since moved, memory since
+/// freed and handed to another region) names addresses no grant holds any more, and is denied,
+/// instead of reaching bytes that now belong to something else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Grant<P> {
     pub peer: PeerMatch<P>,
     pub base: u64,
     pub len: u64,
     pub access: Access,
+    /// The address peers use for the byte at `base`.
+    pub addr: u64,
 }
 
 impl<P> Grant<P> {
@@ -58,6 +71,7 @@ impl<P> Grant<P> {
             base: window.base,
             len: window.len,
             access,
+            addr: window.base,
         }
     }
 
@@ -68,17 +82,29 @@ impl<P> Grant<P> {
             base: window.base,
             len: window.len,
             access,
+            addr: window.base,
         }
     }
 
-    /// Whether `[address, address + len)` is non-empty and lies inside this grant.
+    /// The same grant, addressed by peers at `addr` instead of its arena base.
+    pub fn at(self, addr: u64) -> Self {
+        Grant { addr, ..self }
+    }
+
+    /// Whether the peer addresses `[address, address + len)` are non-empty and lie inside
+    /// this grant.
     pub fn covers(&self, address: u64, len: u64) -> bool {
         let (Some(end), Some(grant_end)) =
-            (address.checked_add(len), self.base.checked_add(self.len))
+            (address.checked_add(len), self.addr.checked_add(self.len))
         else {
             return false;
         };
-        len > 0 && address >= self.base && end <= grant_end
+        len > 0 && address >= self.addr && end <= grant_end
+    }
+
+    /// The arena address of peer address `address` (which the grant must cover).
+    pub fn translate(&self, address: u64) -> u64 {
+        self.base + (address - self.addr)
     }
 }
 
@@ -101,7 +127,9 @@ impl fmt::Display for GrantId {
 /// range with enough access; a range that straddles two adjacent grants is refused. TileLink
 /// accesses are naturally aligned powers of two, and a client splits its transfers at extent
 /// (and so grant) boundaries, so this costs nothing in practice and keeps the rule simple.
-/// Grants may overlap; lookup is a linear scan, in the order grants were added.
+/// Grants may overlap; lookup is a linear scan, in the order grants were added. Where grants of
+/// different translations (peer address to arena address) overlap for a peer, the widest
+/// access wins, and the first added among equals.
 #[derive(Debug, Clone)]
 pub struct GrantTable<P> {
     limit: u64,
@@ -127,13 +155,17 @@ impl<P: PartialEq> GrantTable<P> {
     /// Adds a grant.
     ///
     /// # Errors
-    /// [`Error::InvalidGrant`] when the grant is empty or reaches past the arena.
+    /// [`Error::InvalidGrant`] when the grant is empty, reaches past the arena, its peer
+    /// addresses overflow 64 bits, or its peer address and base differ by other than a
+    /// multiple of [`GRANT_ADDRESS_ALIGN`].
     pub fn add(&mut self, grant: Grant<P>) -> Result<GrantId> {
         let fits = grant
             .base
             .checked_add(grant.len)
             .is_some_and(|end| end <= self.limit);
-        if grant.len == 0 || !fits {
+        let addressable = grant.addr.checked_add(grant.len).is_some()
+            && (grant.addr ^ grant.base) % GRANT_ADDRESS_ALIGN == 0;
+        if grant.len == 0 || !fits || !addressable {
             return Err(Error::InvalidGrant {
                 base: grant.base,
                 len: grant.len,
@@ -180,17 +212,25 @@ impl<P: PartialEq> GrantTable<P> {
         self.grants.is_empty()
     }
 
-    /// The widest access one grant gives `peer` over all of `[address, address + len)`, or
-    /// `None` when no single grant covers it (or it is empty or reaches past the arena).
+    /// The widest access one grant gives `peer` over all of the peer addresses
+    /// `[address, address + len)`, or `None` when no single grant covers it (or it is empty).
     pub fn access(&self, peer: &P, address: u64, len: u64) -> Option<Access> {
-        if address.checked_add(len).is_none_or(|end| end > self.limit) {
-            return None;
+        self.resolve(peer, address, len).map(|(access, _)| access)
+    }
+
+    /// As [`access`](Self::access), with the arena address the range starts at under that
+    /// grant.
+    pub fn resolve(&self, peer: &P, address: u64, len: u64) -> Option<(Access, u64)> {
+        let mut best: Option<&Grant<P>> = None;
+        for (_, g) in &self.grants {
+            if g.peer.matches(peer)
+                && g.covers(address, len)
+                && best.is_none_or(|b| g.access > b.access)
+            {
+                best = Some(g);
+            }
         }
-        self.grants
-            .iter()
-            .filter(|(_, g)| g.peer.matches(peer) && g.covers(address, len))
-            .map(|(_, g)| g.access)
-            .max()
+        best.map(|g| (g.access, g.translate(address)))
     }
 
     /// Whether `peer` may read (or, with `write`, write) all of `[address, address + len)`.

@@ -120,6 +120,7 @@ fn spec(peer: &str, base: u64, len: u64, access: GrantAccess, epoch: u64) -> Gra
         len,
         access,
         epoch,
+        addr: None,
     }
 }
 
@@ -189,6 +190,61 @@ fn put_grants_take_effect_and_get_lists_them() {
     assert!(!node.check(udp(1), 0x4000, 64, true));
     assert_eq!(node.exec.lock().unwrap().grants().len(), 2);
     assert_eq!(node.list().len(), 2);
+}
+
+#[test]
+fn a_grant_at_addresses_of_its_own_serves_its_memory_there_only() {
+    let node = Node::start(CAPACITY);
+    let peer = "udp://10.0.0.1:7447";
+    let base = 0x8000;
+    // The peer addresses the 4 KiB at arena 0x8000 as 0x1_0000_0000_8000.
+    let at = (1 << 48) + base;
+    node.exec
+        .lock()
+        .unwrap()
+        .arena_mut()
+        .fill(base, 4096, 0xab)
+        .unwrap();
+    let mapped = GrantSpec {
+        addr: Some(at),
+        ..spec(peer, base, 4096, GrantAccess::ReadWrite, 0)
+    };
+    assert_eq!(node.put("g", &mapped).status(), 204);
+    assert!(node.get_allowed(udp(1), at));
+    assert!(node.get_allowed(udp(1), at + 4096 - 64));
+    // The data is the arena's at `base`.
+    {
+        let mut exec = node.exec.lock().unwrap();
+        let reply = exec
+            .respond(&udp(1), &Message::get(1, at + 64, 6))
+            .expect("an answer");
+        assert!(!reply.denied);
+        let oxmem_wire::Payload::Data(data) = reply.payload else {
+            panic!("{reply:?}")
+        };
+        let mut got = [0u8; 64];
+        data.copy_to(&mut got);
+        assert_eq!(got, [0xab; 64]);
+    }
+    // Its memory at its arena address, and past its end, are not the peer's.
+    assert!(!node.get_allowed(udp(1), base));
+    assert!(!node.get_allowed(udp(1), at + 4096));
+    assert!(!node.get_allowed(udp(2), at));
+    // Peer addresses must keep TileLink's natural alignment: aligned like the base modulo
+    // 32 KiB. And they must not overflow.
+    for bad in [at + 4096, u64::MAX - 100] {
+        let r = node.put(
+            "h",
+            &GrantSpec {
+                addr: Some(bad),
+                ..spec(peer, base, 4096, GrantAccess::ReadWrite, 0)
+            },
+        );
+        let e = api_error(r, 400);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{bad:#x}: {}", e.message);
+    }
+    // The listing shows where the peer addresses it.
+    assert_eq!(node.list()[0].spec.addr, Some(at));
 }
 
 #[test]

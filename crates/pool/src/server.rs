@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use oxmem_api::{
     AllocRequest, ApiError, AttachRequest, ClusterStatus, CreateTenant, ErrorCode, GrantAccess,
-    GrantSpec, Lease, NodeId, NodeInfo, NodeRegistered, OpenSession, RegionId, RegionInfo,
-    RegisterNode, SessionId, SessionOpened, TenantCreated, TenantId, TenantInfo,
+    Lease, NodeId, NodeInfo, NodeRegistered, OpenSession, RegionId, RegionInfo, RegisterNode,
+    SessionId, SessionOpened, TenantCreated, TenantId, TenantInfo,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard, watch};
@@ -29,7 +29,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::control::{ControlError, CopyEnd, DataMover, NodeControl};
-use crate::state::{Batch, EXTENT_BITS, GrantPush, Limits, NodeTarget, RepairPlan, State};
+use crate::state::{
+    Batch, EXTENT_BITS, GrantPush, Limits, NodeTarget, RepairPlan, State, grant_spec,
+};
 use crate::store::{MetadataStore, StoreError};
 use crate::{CoordinatorConfig, ServeError};
 
@@ -657,18 +659,12 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         }
         ends.into_iter()
             .filter_map(|(eid, access)| {
-                let (target, base, len) = st.extent_location(plan.region_id, eid)?;
-                let epoch = target.epoch;
+                let (target, e) = st.extent_location(plan.region_id, eid)?;
+                let spec = grant_spec(addr, e, access, target.epoch);
                 Some(GrantPush {
                     target,
                     grant_id: MOVER_GRANT_BIT | eid,
-                    spec: GrantSpec {
-                        peer: addr.clone(),
-                        base,
-                        len,
-                        access,
-                        epoch,
-                    },
+                    spec,
                 })
             })
             .collect()

@@ -100,6 +100,18 @@ pub struct ExtentRecord {
     /// Being filled by re-replication: its copies are not current yet.
     #[serde(default)]
     pub syncing: bool,
+    /// The address clients (and the mover) use for the byte at `base`: addresses of its own,
+    /// never given to another extent (see [`State::window_for`]). Absent in records written
+    /// before windows: `base` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+}
+
+impl ExtentRecord {
+    /// The data-path address of its first byte.
+    pub fn addr(&self) -> u64 {
+        self.window.unwrap_or(self.base)
+    }
 }
 
 /// One copy of a stripe: `offset` bytes into extent `extent`.
@@ -148,6 +160,13 @@ pub struct Attachment {
 /// Grant ids with this bit set are the data mover's temporary grants during a
 /// re-replication (`MOVER_GRANT_BIT | extent id`); client grants use the extent id alone.
 pub const MOVER_GRANT_BIT: u64 = 1 << 62;
+
+/// Where extents' data-path windows start (256 TiB: above any node's memory).
+pub const WINDOWS_START: u64 = 1 << 48;
+
+/// Windows are aligned like their extent's base modulo this (64 KiB, more than the largest
+/// TileLink transfer, which nodes require).
+pub const WINDOW_ALIGN: u64 = 1 << 16;
 
 /// The bits of a client grant id that name its extent.
 pub const EXTENT_BITS: u64 = (1 << 40) - 1;
@@ -234,6 +253,9 @@ pub struct Counters {
     pub next_extent: u64,
     #[serde(default)]
     pub next_attachment: u64,
+    /// Where the next extent's window may start (see [`State::window_for`]).
+    #[serde(default)]
+    pub next_window: u64,
 }
 
 /// A batch of record changes, committed atomically; later writes of a key replace earlier ones.
@@ -580,6 +602,30 @@ impl State {
     /// The limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Data-path addresses for a new extent of `len` bytes at `base` on its node: a range
+    /// never given out before (a counter that only grows, from [`WINDOWS_START`], far above
+    /// any node's memory), aligned like `base` modulo [`WINDOW_ALIGN`] so that naturally
+    /// aligned transfers stay aligned. A client that acts on an old placement, after the
+    /// extent was moved or freed and its memory given to another region of the same client,
+    /// names addresses no node grants any more: it is denied, and asks where the stripes are
+    /// now, instead of writing into the other region. (After 2^64 bytes of extents the
+    /// counter starts over.)
+    fn window_for(&mut self, base: u64, len: u64, batch: &mut Batch) -> u64 {
+        let from = self.counters.next_window.max(WINDOWS_START);
+        let window = from
+            .checked_next_multiple_of(WINDOW_ALIGN)
+            .and_then(|w| w.checked_add(base % WINDOW_ALIGN))
+            .filter(|w| {
+                w.checked_add(len)
+                    .is_some_and(|end| end < u64::MAX - WINDOW_ALIGN)
+            })
+            .unwrap_or(WINDOWS_START + base % WINDOW_ALIGN);
+        // One aligned block of no man's land between windows.
+        self.counters.next_window = window + len + WINDOW_ALIGN;
+        batch.put(keys::COUNTERS.to_string(), &self.counters);
+        window
     }
 
     fn bump(&mut self, which: fn(&mut Counters) -> &mut u64, batch: &mut Batch) -> u64 {
@@ -1382,12 +1428,15 @@ impl State {
                 .alloc(shares[j])
                 .expect("checked largest free block");
             let eid = self.bump(|c| &mut c.next_extent, batch);
+            let len = align_up(shares[j], l.align).expect("checked");
+            let window = self.window_for(base, len, batch);
             extents.push(ExtentRecord {
                 id: eid,
                 node_id: id.clone(),
                 base,
-                len: align_up(shares[j], l.align).expect("checked"),
+                len,
                 syncing: false,
+                window: Some(window),
             });
         }
         let mut fill = vec![0u64; m];
@@ -1617,14 +1666,17 @@ impl State {
                 .alloc(*total)
                 .expect("checked largest free block");
             let eid = self.bump(|c| &mut c.next_extent, batch);
+            let len = align_up(*total, self.limits.align).expect("checked");
+            let window = self.window_for(base, len, batch);
             new_extents.insert(
                 node.clone(),
                 ExtentRecord {
                     id: eid,
                     node_id: node.clone(),
                     base,
-                    len: align_up(*total, self.limits.align).expect("checked"),
+                    len,
                     syncing: true,
+                    window: Some(window),
                 },
             );
         }
@@ -1639,10 +1691,10 @@ impl State {
             let src_ext = r.extent(src.extent).expect("copy's extent");
             let job = CopyJob {
                 from_node: self.node_addr(&src_ext.node_id),
-                from_address: src_ext.base + src.offset,
+                from_address: src_ext.addr() + src.offset,
                 from_extent: src_ext.id,
                 to_node: self.node_addr(node),
-                to_address: ext.base + *off,
+                to_address: ext.addr() + *off,
                 to_extent: ext.id,
                 len,
             };
@@ -1768,9 +1820,13 @@ impl State {
 
     /// Where extent `extent` of region `region` is: its node (for an admin call), base and
     /// length.
-    pub fn extent_location(&self, region: RegionId, extent: u64) -> Option<(NodeTarget, u64, u64)> {
+    pub fn extent_location(
+        &self,
+        region: RegionId,
+        extent: u64,
+    ) -> Option<(NodeTarget, &ExtentRecord)> {
         let e = self.regions.get(&region)?.extent(extent)?;
-        Some((self.target(&e.node_id)?, e.base, e.len))
+        Some((self.target(&e.node_id)?, e))
     }
 
     // ----- views -----
@@ -1790,7 +1846,7 @@ impl State {
                         let e = r.extent(c.extent)?;
                         Some(Placement {
                             node_id: e.node_id.clone(),
-                            address: e.base + c.offset,
+                            address: e.addr() + c.offset,
                             healthy: c.healthy,
                         })
                     })
@@ -1921,13 +1977,15 @@ pub struct Gauges {
     pub pending_releases: u64,
 }
 
-fn grant_spec(client: &str, e: &ExtentRecord, epoch: u64) -> GrantSpec {
+/// A grant of all of extent `e` to `peer`, at the extent's window.
+pub fn grant_spec(peer: &str, e: &ExtentRecord, access: GrantAccess, epoch: u64) -> GrantSpec {
     GrantSpec {
-        peer: client.to_string(),
+        peer: peer.to_string(),
         base: e.base,
         len: e.len,
-        access: GrantAccess::ReadWrite,
+        access,
         epoch,
+        addr: e.window,
     }
 }
 
@@ -1947,7 +2005,7 @@ fn push_extent_grants(
         out.push(GrantPush {
             target: target.clone(),
             grant_id: seq.map_or(e.id, |s| attachment_grant(e.id, s)),
-            spec: grant_spec(client, e, target.epoch),
+            spec: grant_spec(client, e, GrantAccess::ReadWrite, target.epoch),
         });
     }
 }
