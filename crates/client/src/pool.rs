@@ -355,8 +355,12 @@ fn spawn_heartbeat(inner: std::sync::Weak<Inner>, lease: Lease, stop: Arc<Atomic
                 std::thread::sleep(wait);
                 let Some(inner) = inner.upgrade() else { return };
                 let path = format!("/v1/sessions/{}/heartbeat", inner.session);
+                // An answer that takes longer than the interval is given up on, and the next
+                // heartbeat sent: the coordinator counts a heartbeat from its arrival, even one
+                // it was too busy to answer, so a busy coordinator keeps hearing from us.
+                let request = inner.http.post(inner.url(&path)).timeout(every);
                 // After a failure (the coordinator restarting, say) try again soon.
-                wait = match inner.call::<Lease>(inner.http.post(inner.url(&path))) {
+                wait = match inner.call::<Lease>(request) {
                     Ok(_) => every,
                     Err(_) => every.min(Duration::from_millis(100)),
                 };

@@ -6,6 +6,7 @@
 //! revocations, scrubs), all before it answers. Only the byte copies of re-replication run
 //! outside the lock.
 
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -177,12 +178,30 @@ struct Inner<S, C, M> {
     leader: AtomicBool,
     leader_tx: watch::Sender<bool>,
     metrics: PrometheusHandle,
+    /// Session heartbeats noted on arrival, before they wait for the state: session id →
+    /// (bearer token, arrival). The lease checker applies those whose token owns the session
+    /// before it judges leases, so a heartbeat counts even when the coordinator was too busy
+    /// to answer it before its sender gave up and sent another.
+    arrivals: std::sync::Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// At most this many sessions' heartbeats are noted between two lease checks (junk from a
+/// tenant that invents session ids cannot grow the table without bound).
+const MAX_NOTED_ARRIVALS: usize = 65_536;
 
 enum Call {
     Put(GrantPush),
     Delete(NodeTarget, u64),
     Scrub(NodeTarget, oxmem_api::ScrubRequest),
+}
+
+impl Call {
+    fn target(&self) -> &NodeTarget {
+        match self {
+            Call::Put(p) => &p.target,
+            Call::Delete(t, _) | Call::Scrub(t, _) => t,
+        }
+    }
 }
 
 /// Runs node calls concurrently; results in the calls' order.
@@ -266,6 +285,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 leader: AtomicBool::new(true),
                 leader_tx,
                 metrics: metrics_handle(),
+                arrivals: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         c.publish(&*c.inner.state.lock().await);
@@ -373,18 +393,12 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
     }
 
     fn authenticate(&self, st: &State, headers: &HeaderMap) -> Result<Principal, Failure> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                fail(
-                    ErrorCode::Unauthorized,
-                    "missing Authorization: Bearer TOKEN",
-                )
-            })?;
+        let token = bearer(headers).ok_or_else(|| {
+            fail(
+                ErrorCode::Unauthorized,
+                "missing Authorization: Bearer TOKEN",
+            )
+        })?;
         let cfg = &self.inner.config;
         if ct_eq(token.as_bytes(), cfg.admin_token.as_bytes()) {
             return Ok(Principal::Admin);
@@ -551,6 +565,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 return;
             }
             let cfg = &self.inner.config;
+            self.apply_noted_arrivals(&mut st);
             let mut b = Batch::new();
             let down = st.expire_nodes(now, cfg.lease.as_millis() as u64, &mut b);
             for id in &down {
@@ -576,9 +591,20 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             let _ = self.run_releases(&mut st, None).await;
             let _ = self.run_revocations(&mut st, None).await;
             self.push_pending_grants(&mut st).await;
+            // Starting a re-replication pushes grants while holding the state: a node that does
+            // not answer costs a control timeout each time. Nodes that failed once are left
+            // out for the rest of this pass, and the pass starts no more re-replications once
+            // it has held the state for a quarter of a lease (the rest wait for the next pass),
+            // so that heartbeats are not held up until leases run out.
+            let budget = cfg.lease.min(cfg.session_lease) / 4;
+            let started = Instant::now();
+            let mut avoid = BTreeSet::new();
             let mut plans = Vec::new();
             for id in st.regions_to_repair(now) {
-                if let Some(plan) = self.start_repair(&mut st, id).await {
+                if started.elapsed() > budget {
+                    break;
+                }
+                if let Some(plan) = self.start_repair(&mut st, id, &mut avoid).await {
                     plans.push(plan);
                 }
             }
@@ -600,9 +626,14 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
 
     /// Plans a re-replication of region `id`, commits it, and puts the grants of the new
     /// extents (the client's, and the mover's on both ends). `None` when nothing can be done.
-    async fn start_repair(&self, st: &mut State, id: RegionId) -> Option<RepairPlan> {
+    async fn start_repair(
+        &self,
+        st: &mut State,
+        id: RegionId,
+        avoid: &mut BTreeSet<NodeId>,
+    ) -> Option<RepairPlan> {
         let mut b = Batch::new();
-        let plan = st.plan_repair(id, &mut b)?;
+        let plan = st.plan_repair(id, avoid, &mut b)?;
         if self.commit(st, b).await.is_err() {
             return None;
         }
@@ -614,7 +645,13 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
             .map(Call::Put)
             .collect();
         calls.extend(self.mover_grants(st, &plan).into_iter().map(Call::Put));
+        let nodes: Vec<NodeId> = calls.iter().map(|c| c.target().node_id.clone()).collect();
         let results = fan_out(&self.inner.control, calls).await;
+        for (node, r) in nodes.into_iter().zip(&results) {
+            if r.is_err() {
+                avoid.insert(node);
+            }
+        }
         if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
             eprintln!(
                 "oxmem coord: re-replication of region {id} could not grant access: {e}; it is \
@@ -726,6 +763,35 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         }
     }
 
+    /// Notes a session heartbeat on arrival (see `Inner::arrivals`).
+    fn note_arrival(&self, headers: &HeaderMap, session: &str, at: u64) {
+        let Some(token) = bearer(headers) else { return };
+        let mut noted = self
+            .inner
+            .arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if noted.len() < MAX_NOTED_ARRIVALS || noted.contains_key(session) {
+            noted.insert(session.to_owned(), (token.to_owned(), at));
+        }
+    }
+
+    /// Applies the noted heartbeats whose token is their session's tenant's.
+    fn apply_noted_arrivals(&self, st: &mut State) {
+        let noted = std::mem::take(
+            &mut *self
+                .inner
+                .arrivals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (session, (token, at)) in noted {
+            if let Some(tenant) = st.tenant_by_token(&token).cloned() {
+                let _ = st.heartbeat_session(&tenant, &SessionId(session), at);
+            }
+        }
+    }
+
     /// Runs [`Coordinator::tick`] forever at the configured period.
     pub async fn run_lease_checker(self) {
         let period = self.inner.config.tick_period();
@@ -819,6 +885,16 @@ async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Respon
 }
 
 type Co<S, C, M> = AxState<Coordinator<S, C, M>>;
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
 
 fn parse_region(id: &str) -> Result<RegionId, Failure> {
     id.parse::<u64>()
@@ -946,6 +1022,7 @@ async fn heartbeat_session<S: MetadataStore, C: NodeControl, M: DataMover>(
     // The lease counts from when the heartbeat arrived, not from when the state lock was
     // free: a coordinator busy for a while must not expire the sessions that waited on it.
     let arrived = co.now_ms();
+    co.note_arrival(&headers, &id, arrived);
     let (mut st, tenant) = co.enter_as_tenant(&headers).await?;
     st.heartbeat_session(&tenant, &SessionId(id), arrived)?;
     Ok(axum::Json(Lease {

@@ -1606,14 +1606,20 @@ impl State {
 
     /// Plans new copies for the under-replicated stripes of region `id`: for each, the up
     /// node with most room that holds no current copy of it; one new (syncing) extent per
-    /// target node. Returns `None` when nothing can be placed now.
-    pub fn plan_repair(&mut self, id: RegionId, batch: &mut Batch) -> Option<RepairPlan> {
+    /// target node. Nodes in `avoid` (that just failed to answer) are neither targets nor
+    /// sources. Returns `None` when nothing can be placed now.
+    pub fn plan_repair(
+        &mut self,
+        id: RegionId,
+        avoid: &BTreeSet<NodeId>,
+        batch: &mut Batch,
+    ) -> Option<RepairPlan> {
         let r = self.regions.get(&id)?;
         let replicas = r.replicas as usize;
         let room: BTreeMap<NodeId, u64> = self
             .nodes
             .values()
-            .filter(|n| n.up)
+            .filter(|n| n.up && !avoid.contains(&n.rec.node_id))
             .map(|n| (n.rec.node_id.clone(), n.free.largest_free()))
             .collect();
         let mut assigned: BTreeMap<NodeId, u64> = BTreeMap::new();
@@ -1625,6 +1631,12 @@ impl State {
             if healthy.is_empty() || healthy.len() >= replicas {
                 continue;
             }
+            let Some(source) = healthy.iter().copied().find(|c| {
+                r.extent(c.extent)
+                    .is_some_and(|e| !avoid.contains(&e.node_id))
+            }) else {
+                continue;
+            };
             let len = r.stripe_len(i);
             let mut holders: BTreeSet<NodeId> = healthy
                 .iter()
@@ -1649,7 +1661,7 @@ impl State {
                 let Some(target) = best else { break };
                 *assigned.entry(target.clone()).or_default() += len;
                 holders.insert(target.clone());
-                picks.push((i, target, healthy[0]));
+                picks.push((i, target, source));
             }
         }
         if picks.is_empty() {

@@ -35,6 +35,8 @@ enum Call {
 struct FakeControl {
     calls: Arc<Mutex<Vec<Call>>>,
     refuse: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// How long every grant put takes (a node that answers slowly).
+    slow: Arc<Mutex<Duration>>,
 }
 
 impl FakeControl {
@@ -61,6 +63,8 @@ impl NodeControl for FakeControl {
         spec: GrantSpec,
     ) -> Result<(), ControlError> {
         assert_eq!(spec.epoch, node.epoch);
+        let slow = *self.slow.lock().unwrap();
+        tokio::time::sleep(slow).await;
         self.check(&node, Call::Put(node.node_id.clone(), id, spec))
     }
     async fn delete_grant(&self, node: NodeTarget, id: u64) -> Result<(), ControlError> {
@@ -933,6 +937,58 @@ async fn session_lease_expiry_frees_its_regions() {
         )
         .await;
     assert_eq!(e, ErrorCode::UnknownSession);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_heard_while_the_coordinator_was_busy_keeps_its_lease() {
+    let mut cfg = config();
+    cfg.session_lease = Duration::from_millis(400);
+    let h = Arc::new(Harness::start(cfg, MemoryStore::new()).await);
+    h.register("a", 64 * MIB).await;
+    h.register("b", 64 * MIB).await;
+    let t = h.tenant("acme", 1 << 30).await;
+    let s = h.session(&t.token, "udp://10.0.0.1:1").await;
+    // An alloc holds the coordinator for 1.5 s: its node answers the grant slowly.
+    *h.control.slow.lock().unwrap() = Duration::from_millis(1500);
+    let busy = {
+        let (h, token, s) = (h.clone(), t.token.clone(), s.clone());
+        tokio::spawn(async move { h.alloc(&token, &s, MIB, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile the client heartbeats every 100 ms, and gives up on each answer after 60 ms.
+    let path = format!("{}/v1/sessions/{}/heartbeat", h.url, s.session_id);
+    let mut unanswered = 0;
+    for _ in 0..14 {
+        let r = h
+            .http
+            .post(&path)
+            .bearer_auth(&t.token)
+            .timeout(Duration::from_millis(60))
+            .send()
+            .await;
+        if r.is_err() {
+            unanswered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        unanswered >= 10,
+        "the coordinator was not busy: {unanswered}"
+    );
+    busy.await.unwrap();
+    *h.control.slow.lock().unwrap() = Duration::ZERO;
+    // The session's last answered heartbeat is older than its lease, but the coordinator
+    // heard from it all along: it keeps its lease.
+    h.co.tick(true).await;
+    let _: Lease = h
+        .ok(
+            Method::POST,
+            &format!("/v1/sessions/{}/heartbeat", s.session_id),
+            &t.token,
+            None,
+        )
+        .await;
+    assert_eq!(h.status().await.regions.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

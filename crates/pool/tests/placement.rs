@@ -617,3 +617,42 @@ fn memory_given_out_again_is_never_at_the_same_addresses() {
     // The same memory was handed out again and again, at new addresses each time.
     assert!(reused_memory >= 19, "memory reused {reused_memory} times");
 }
+
+#[test]
+fn re_replication_leaves_out_nodes_that_did_not_answer() {
+    let (mut st, mut records, id) = recorded_pool();
+    // Add a fourth node, then n1 goes down: its stripes need new copies.
+    register(&mut st, 3, 0, &mut records);
+    for i in 1..4 {
+        heartbeat(&mut st, i, 5000, &mut records);
+    }
+    assert_eq!(
+        expire(&mut st, 5000, &mut records),
+        vec![NodeId("n1".into())]
+    );
+    // n4 (empty, so the first choice) just failed to answer: no copy goes there.
+    let n4 = NodeId("n4".into());
+    let plan = st
+        .plan_repair(id, &BTreeSet::from([n4.clone()]), &mut Batch::new())
+        .expect("a plan");
+    assert!(plan.jobs.iter().all(|j| j.to_node.node_id != n4));
+    assert!(!plan.jobs.is_empty());
+    let (mut st, mut records, id) = recorded_pool();
+    register(&mut st, 3, 0, &mut records);
+    for i in 1..4 {
+        heartbeat(&mut st, i, 5000, &mut records);
+    }
+    expire(&mut st, 5000, &mut records);
+    // With n2 left out too, stripes whose only healthy copy is on n2 wait (no source), and
+    // nothing is copied from or to n2.
+    let n2 = NodeId("n2".into());
+    let plan = st
+        .plan_repair(id, &BTreeSet::from([n2.clone()]), &mut Batch::new())
+        .expect("a plan");
+    assert!(
+        plan.jobs
+            .iter()
+            .all(|j| j.to_node.node_id != n2 && j.from_node.node_id != n2)
+    );
+    assert!(!plan.jobs.is_empty());
+}
