@@ -195,7 +195,8 @@ pub struct AttachRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub node_id: NodeId,
-    /// Address of the stripe's first byte in the node's memory.
+    /// The data-path address of the stripe's first byte on that node: an address of the
+    /// extent's own grant window (never given to other memory), not of the node's memory.
     pub address: u64,
     /// The node is up and this copy is current.
     pub healthy: bool,

@@ -175,9 +175,25 @@ struct Counts {
     mismatches: u64,
     lost_acked: u64,
     details: Vec<String>,
+    /// Frames the clients' fault injectors dropped, duplicated, held back (reordered) and
+    /// corrupted.
+    link: [u64; 4],
 }
 
 impl Counts {
+    /// Adds what `pool`'s fault injector did.
+    fn link_faults(&mut self, pool: &Pool) {
+        if let Some(f) = pool.client().fault_stats() {
+            for (a, b) in
+                self.link
+                    .iter_mut()
+                    .zip([f.dropped, f.duplicated, f.reordered, f.corrupted])
+            {
+                *a += b;
+            }
+        }
+    }
+
     fn op(&mut self, kind: &'static str, ok: bool) {
         *self.ops.entry(kind).or_default() += 1;
         if !ok {
@@ -224,6 +240,9 @@ impl Counts {
         self.mismatches += o.mismatches;
         self.lost_acked += o.lost_acked;
         self.details.extend(o.details);
+        for (a, b) in self.link.iter_mut().zip(o.link) {
+            *a += b;
+        }
     }
 }
 
@@ -276,6 +295,7 @@ fn client(
             for (r, _) in regions.drain(..) {
                 std::mem::forget(r); // its Drop would free it: it is gone already
             }
+            counts.link_faults(&pool);
             drop(pool);
             pool = connect(&url, &token, rng.next_u64());
             continue;
@@ -410,6 +430,7 @@ fn client(
     for (r, _) in regions {
         let _ = r.free();
     }
+    counts.link_faults(&pool);
     let _ = pool.close();
     counts
 }
@@ -694,6 +715,10 @@ fn chaos() {
     if let Some(why) = &netns_skip {
         println!("  {:<16} skipped: {why}", "partition");
     }
+    let link = ["lost", "duplicated", "reordered", "corrupted"];
+    for (k, n) in link.iter().zip(counts.link) {
+        println!("  {:<16} {n:>8}", format!("frames {k}"));
+    }
     println!(
         "bytes verified {}, mismatches {}, lost acknowledged writes {}; seed {seed}; {:?}",
         counts.verified,
@@ -711,6 +736,9 @@ fn chaos() {
     );
     for k in &kinds {
         assert!(injected.get(k).is_some_and(|&n| n > 0), "no {k} injected");
+    }
+    for (k, n) in link.iter().zip(counts.link) {
+        assert!(n > 0, "no frames {k} on the clients' links");
     }
     assert!(counts.verified > 0, "nothing verified");
     drop(nodes);

@@ -432,6 +432,67 @@ const ADMIN: &str = "e2e-admin-token";
 const NODE_TOKEN: &str = "e2e-node-token";
 
 #[test]
+fn a_client_that_missed_a_re_replication_is_denied_at_the_old_addresses_then_writes_again() {
+    let up = Up::start(3, "64MiB", &["--replicas", "2", "--lease", "1s"]);
+    let options = PoolOptions {
+        client: ClientOptions {
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        },
+        ..PoolOptions::default()
+    };
+    let pool = Pool::connect(&up.url, &up.tenant_token, options).expect("connect");
+    let region = alloc(&pool, 2 * MIB, 2);
+    let mut want = Rng::new(0x0e2e_0006).bytes(region.len() as usize);
+    region.write(0, &want).expect("first write");
+    let old = region.info();
+    // A node holding stripe 0 dies; the coordinator copies its stripes elsewhere while this
+    // client does nothing, so it keeps the old placement.
+    let victim = old.stripes[0].copies[0].node_id.clone();
+    let name = up
+        .nodes()
+        .into_iter()
+        .find(|n| n.node_id == victim)
+        .expect("victim")
+        .name;
+    kill9(up.pid_of(&name));
+    let path = format!("/v1/regions/{}", old.region_id);
+    poll(Duration::from_secs(30), "the region degraded", || {
+        get_json::<RegionInfo>(&up.url, &path, &up.tenant_token)
+            .ok()
+            .filter(|r| r.health != RegionHealth::Healthy)
+    });
+    poll(Duration::from_secs(30), "the region healed", || {
+        get_json::<RegionInfo>(&up.url, &path, &up.tenant_token)
+            .ok()
+            .filter(|r| r.health == RegionHealth::Healthy)
+    });
+    // The surviving copy of stripe 0 is still on its live node, at new addresses: at the old
+    // ones its node denies this client, so a write with the old placement cannot be
+    // acknowledged without reaching the new copy.
+    let survivor = &old.stripes[0].copies[1];
+    let peer = old
+        .nodes
+        .iter()
+        .find(|n| n.node_id == survivor.node_id)
+        .and_then(|n| parse_peer(&n.data_addrs[0]))
+        .expect("peer");
+    let mut raw = vec![0u8; 64];
+    match pool.client().read(peer, survivor.address, &mut raw) {
+        Err(Error::Denied { .. }) => {}
+        other => panic!("read at the old address: {other:?}"),
+    }
+    // The region's write is denied too, learns the new placement, and writes there.
+    assert_eq!(region.info().stripes, old.stripes, "nothing refreshed yet");
+    let update = Rng::new(7).bytes(4096);
+    region.write(0, &update).expect("the write after the move");
+    assert_ne!(region.info().stripes, old.stripes);
+    want[..4096].copy_from_slice(&update);
+    assert_same(&read_all(&region), &want, "the whole region after the move");
+}
+
+#[test]
 fn the_coordinator_restarts_with_redb_and_loses_nothing() {
     let started = Instant::now();
     let dir = temp_dir("coord");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use oxmem_link::HeaderVariant;
 use oxmem_net::engine::{Engine, EngineConfig, EngineStats, PeerSettings};
 use oxmem_net::ethernet::EthernetTransport;
-use oxmem_net::fault::{FaultConfig, FaultInjector};
+use oxmem_net::fault::{FaultConfig, FaultCounters, FaultInjector, FaultStats};
 use oxmem_net::udp::{UdpConfig, UdpTransport};
 use oxmem_net::{PeerAddr, Transport};
 use oxmem_wire::ByteOrder;
@@ -99,6 +99,8 @@ pub struct Client {
     options: ClientOptions,
     max_frame: usize,
     stats: Arc<ClientStats>,
+    /// What the fault injector did, when [`ClientOptions::faults`] asked for one.
+    faults: Option<Arc<FaultCounters>>,
 }
 
 impl Client {
@@ -138,7 +140,13 @@ impl Client {
 
     fn with_faults<T: Transport>(transport: T, options: ClientOptions) -> Result<Client, Error> {
         match options.faults {
-            Some(f) => Self::with_transport(FaultInjector::new(transport, f), options),
+            Some(f) => {
+                let injector = FaultInjector::new(transport, f);
+                let counters = injector.counters();
+                let mut client = Self::with_transport(injector, options)?;
+                client.faults = Some(counters);
+                Ok(client)
+            }
             None => Self::with_transport(transport, options),
         }
     }
@@ -171,6 +179,7 @@ impl Client {
             options,
             max_frame,
             stats,
+            faults: None,
         })
     }
 
@@ -187,6 +196,12 @@ impl Client {
     /// Counters of this client.
     pub fn stats(&self) -> &ClientStats {
         &self.stats
+    }
+
+    /// What the fault injector has done to the frames this client sent (`None` without
+    /// [`ClientOptions::faults`]).
+    pub fn fault_stats(&self) -> Option<FaultStats> {
+        self.faults.as_ref().map(|c| c.snapshot())
     }
 
     /// Counters of the engine under it (frames, bytes, sleeps).

@@ -574,13 +574,38 @@ impl Region {
         Ok(((peer, base), t))
     }
 
-    /// Writes `data` at `offset`, to every copy of every stripe touched, all at once.
+    /// Writes `data` at `offset`, to every copy of every stripe touched, all at once. When a
+    /// copy fails and the region's placement has changed meanwhile (a re-replication moved it
+    /// to new addresses, or replaced a lost copy), it writes once more, to the new placement.
     ///
     /// # Errors
     /// The first error of any copy: the write may then be applied to some copies only. A
     /// failed write also asks the coordinator for the latest placement, so that once a lost
     /// copy has been replaced, the next writes go to the new one.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
+        let before = self.lock().stripes.clone();
+        match self.write_once(offset, data) {
+            // A copy failed (denied: the region moved to new addresses, as a re-replication
+            // does first; or its node is gone). If the placement is not what this write used,
+            // write again to the new one: the bytes are the same, so copies the first try
+            // reached are not harmed.
+            Err(PoolError::Data(_)) if self.placement_changed_since(&before) => {
+                self.write_once(offset, data)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether the placement differs from `before`, after asking the coordinator (unless it
+    /// differs already).
+    fn placement_changed_since(&self, before: &[oxmem_api::Stripe]) -> bool {
+        if self.lock().stripes != before {
+            return true;
+        }
+        self.refresh().is_ok() && self.lock().stripes != before
+    }
+
+    fn write_once(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
         // While the region is not healthy the coordinator is adding copies: learn them (at
         // most every `WRITE_REFRESH_EVERY`) so this write reaches the copy being made too,
         // and the copier's comparison of both ends converges.

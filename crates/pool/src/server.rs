@@ -30,9 +30,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::control::{ControlError, CopyEnd, DataMover, NodeControl};
-use crate::state::{
-    Batch, EXTENT_BITS, GrantPush, Limits, NodeTarget, RepairPlan, State, grant_spec,
-};
+use crate::state::{Batch, GrantPush, Limits, NodeTarget, RepairPlan, State, grant_spec};
 use crate::store::{MetadataStore, StoreError};
 use crate::{CoordinatorConfig, ServeError};
 
@@ -637,11 +635,11 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         if self.commit(st, b).await.is_err() {
             return None;
         }
-        let new: Vec<u64> = plan.new_extents.iter().map(|(e, _, _)| *e).collect();
+        // Every current extent's grants, at the addresses the plan gave them (replacing the
+        // old ones), the new extents' included; then the mover's.
         let mut calls: Vec<Call> = st
             .grant_pushes_for_region(id)
             .into_iter()
-            .filter(|p| new.contains(&(p.grant_id & EXTENT_BITS)))
             .map(Call::Put)
             .collect();
         calls.extend(self.mover_grants(st, &plan).into_iter().map(Call::Put));
@@ -649,6 +647,8 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         let results = fan_out(&self.inner.control, calls).await;
         for (node, r) in nodes.into_iter().zip(&results) {
             if r.is_err() {
+                // It may still hold the old addresses' grants: push again later.
+                st.set_grants_pending(&node, true);
                 avoid.insert(node);
             }
         }

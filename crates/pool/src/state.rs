@@ -1018,14 +1018,28 @@ impl State {
         owner.into_iter().chain(attached).collect()
     }
 
-    /// The grants that give a region's client access to its extents on up nodes.
+    /// The grants that give a region's clients access to its current extents (holding a
+    /// healthy copy, or being filled) on up nodes. Stale copies are never granted: a write
+    /// that reaches only those and the healthy copies it knows must fail, not be acknowledged
+    /// without the copy being made.
     pub fn grant_pushes_for_region(&self, id: RegionId) -> Vec<GrantPush> {
         let Some(r) = self.regions.get(&id) else {
             return Vec::new();
         };
         let holders = self.grant_holders(r);
         let mut out = Vec::new();
-        for e in r.extents.iter().filter(|e| self.node_up(&e.node_id)) {
+        let current = |e: &ExtentRecord| {
+            e.syncing
+                || r.stripes
+                    .iter()
+                    .flatten()
+                    .any(|c| c.extent == e.id && c.healthy)
+        };
+        for e in r
+            .extents
+            .iter()
+            .filter(|e| self.node_up(&e.node_id) && current(e))
+        {
             let Some(target) = self.target(&e.node_id) else {
                 continue;
             };
@@ -1606,8 +1620,9 @@ impl State {
 
     /// Plans new copies for the under-replicated stripes of region `id`: for each, the up
     /// node with most room that holds no current copy of it; one new (syncing) extent per
-    /// target node. Nodes in `avoid` (that just failed to answer) are neither targets nor
-    /// sources. Returns `None` when nothing can be placed now.
+    /// target node. Every extent of the region gets new data-path addresses (the caller
+    /// replaces their grants before copying). Nodes in `avoid` (that just failed to answer)
+    /// are neither targets nor sources. Returns `None` when nothing can be placed now.
     pub fn plan_repair(
         &mut self,
         id: RegionId,
@@ -1691,6 +1706,20 @@ impl State {
                     window: Some(window),
                 },
             );
+        }
+        // Every extent of the region moves to new addresses. Once its grants are replaced
+        // (before any byte is copied), a client that has not learned of the new copies is
+        // denied at every healthy copy, and asks where the stripes are now: no write can be
+        // acknowledged without reaching the copy being made.
+        let old: Vec<(usize, u64, u64)> = self.regions[&id]
+            .extents
+            .iter()
+            .enumerate()
+            .map(|(k, e)| (k, e.base, e.len))
+            .collect();
+        for (k, base, len) in old {
+            let window = self.window_for(base, len, batch);
+            self.regions.get_mut(&id).expect("exists").extents[k].window = Some(window);
         }
         let mut fill: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut jobs: Vec<CopyJob> = Vec::new();

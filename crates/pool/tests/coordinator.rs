@@ -811,17 +811,29 @@ async fn node_lease_expiry_degrades_then_rereplication_heals() {
     let new = placements(&healed);
     for (from, to, len) in &copies {
         for off in (0..*len).step_by(MIB as usize) {
-            assert!(old.contains(&(from.node.node_id.clone(), from.address + off)));
+            assert!(new.contains(&(from.node.node_id.clone(), from.address + off)));
             assert!(new.contains(&(to.node.node_id.clone(), to.address + off)));
         }
     }
-    // The client was granted the new extents before the copy.
+    // Every copy is at new addresses, the surviving ones too: a client that did not learn of
+    // the new copies is denied everywhere instead of writing past them.
+    assert!(old.is_disjoint(&new), "{old:?} {new:?}");
+    // The client was granted every current extent at its new addresses (the new ones and the
+    // surviving ones, on every live node) before the copy.
     let calls = h.control.take();
-    let puts: Vec<_> = calls
+    let granted: BTreeSet<NodeId> = calls
         .iter()
-        .filter(|c| matches!(c, Call::Put(_, _, g) if g.peer == "udp://10.0.0.9:4000"))
+        .filter_map(|c| match c {
+            Call::Put(n, _, g) if g.peer == "udp://10.0.0.9:4000" => Some(n.clone()),
+            _ => None,
+        })
         .collect();
-    assert!(!puts.is_empty());
+    let holding: BTreeSet<NodeId> = healed
+        .stripes
+        .iter()
+        .flat_map(|s| s.copies.iter().map(|c| c.node_id.clone()))
+        .collect();
+    assert_eq!(granted, holding);
     assert_eq!(h.status().await.degraded_stripes, 0);
 
     // The dead node comes back (same epoch): its stale extent is revoked and scrubbed.
