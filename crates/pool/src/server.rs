@@ -957,11 +957,7 @@ async fn heartbeat_node<S: MetadataStore, C: NodeControl, M: DataMover>(
     let mut st = co.enter_as_node(&headers).await?;
     let mut b = Batch::new();
     let id = NodeId(id);
-    if st.heartbeat_node(&id, arrived, &mut b)? {
-        eprintln!(
-            "oxmem coord: node {id} is back (heartbeat): sole copies it holds are current again"
-        );
-    }
+    st.heartbeat_node(&id, arrived, &mut b)?;
     co.commit(&mut st, b).await?;
     Ok(axum::Json(Lease {
         lease_ms: co.config().lease.as_millis() as u64,

@@ -791,12 +791,15 @@ impl State {
         ext.chain(rel).max().unwrap_or(0)
     }
 
-    /// A node heartbeats. A node that was down comes back up: the copies on it that went down
-    /// current, of stripes that have no healthy copy anywhere, become healthy again (no one
-    /// could have written them elsewhere); its other copies stay stale until re-replication
-    /// replaces them. The same happens at the first heartbeat after this coordinator loaded
-    /// the node (a heartbeat comes from the process that registered, so its memory is intact).
-    /// Returns whether the node was down.
+    /// A node heartbeats, renewing its lease.
+    ///
+    /// A node that was declared down must register again instead (the error says so): it
+    /// may not have noticed (a coordinator that judged its lease late, a node whose fencing
+    /// timer ran late), and so may still hold grants to copies that have gone stale since;
+    /// registering moves it to a new epoch, which drops them all, and only current grants
+    /// are pushed again. Likewise at its first heartbeat after this coordinator loaded it,
+    /// if it holds copies an earlier run marked down. Registering from the same process also
+    /// brings back the copies that went down current (see [`State::register_node`]).
     ///
     /// # Errors
     ///
@@ -805,32 +808,46 @@ impl State {
         &mut self,
         id: &NodeId,
         now: u64,
-        batch: &mut Batch,
-    ) -> Result<bool, ApiError> {
+        _batch: &mut Batch,
+    ) -> Result<(), ApiError> {
+        let holds_down_copies = self.holds_down_copies(id);
         let node = self
             .nodes
             .get_mut(id)
             .ok_or_else(|| err(ErrorCode::UnknownNode, format!("no node {id}: register")))?;
-        node.last_heartbeat = node.last_heartbeat.max(now);
-        let first = !node.confirmed;
-        node.confirmed = true;
-        if node.up {
-            if first {
-                self.restore_sole_copies(id, batch);
-            }
-            return Ok(false);
+        if !node.up || (!node.confirmed && holds_down_copies) {
+            return Err(err(
+                ErrorCode::UnknownNode,
+                format!("node {id} was declared down: register again"),
+            ));
         }
-        node.up = true;
-        node.grants_pending = true;
-        self.restore_sole_copies(id, batch);
-        Ok(true)
+        node.last_heartbeat = node.last_heartbeat.max(now);
+        node.confirmed = true;
+        Ok(())
+    }
+
+    /// Whether a copy on node `id` is not healthy (stale, or down but current), other than
+    /// one being filled.
+    fn holds_down_copies(&self, id: &NodeId) -> bool {
+        self.regions.values().any(|r| {
+            r.stripes.iter().flatten().any(|c| {
+                !c.healthy
+                    && r.extent(c.extent)
+                        .is_some_and(|e| &e.node_id == id && !e.syncing)
+            })
+        })
     }
 
     /// A node that was down is back with its memory (same process): its copies that went
     /// down current, of stripes that have no healthy copy anywhere, become healthy again (no
     /// one could have written them elsewhere). Every other copy of such a stripe is stale from
     /// now on: writes go to the restored copies only.
+    ///
+    /// A region where copies came back moves to new addresses (see [`State::rewindow`]): a
+    /// client that still reads a copy that went stale meanwhile, at its old address, is
+    /// denied, even where that copy shares an extent (and so a grant) with a restored one.
     fn restore_sole_copies(&mut self, id: &NodeId, batch: &mut Batch) {
+        let mut moved = Vec::new();
         for r in self.regions.values_mut() {
             let on_node: Vec<u64> = r
                 .extents
@@ -861,8 +878,41 @@ impl State {
             }
             if changed {
                 batch.put(keys::region(r.region_id), &*r);
+                moved.push(r.region_id);
             }
         }
+        for rid in moved {
+            self.rewindow(rid, batch);
+            let nodes: BTreeSet<NodeId> = self.regions[&rid]
+                .extents
+                .iter()
+                .map(|e| e.node_id.clone())
+                .collect();
+            for n in &nodes {
+                self.set_grants_pending(n, true);
+            }
+        }
+    }
+
+    /// Gives every extent of region `id` new data-path addresses (see
+    /// [`State::window_for`]); the grants must then be pushed again. Clients that act on the
+    /// old placement are denied at every node that has taken the new grants, and ask where
+    /// the stripes are now.
+    fn rewindow(&mut self, id: RegionId, batch: &mut Batch) {
+        let Some(r) = self.regions.get(&id) else {
+            return;
+        };
+        let old: Vec<(usize, u64, u64)> = r
+            .extents
+            .iter()
+            .enumerate()
+            .map(|(k, e)| (k, e.base, e.len))
+            .collect();
+        for (k, base, len) in old {
+            let window = self.window_for(base, len, batch);
+            self.regions.get_mut(&id).expect("exists").extents[k].window = Some(window);
+        }
+        batch.put(keys::region(id), &self.regions[&id]);
     }
 
     /// Marks down every up node whose last heartbeat is more than `lease_ms` before `now`,
@@ -1711,16 +1761,7 @@ impl State {
         // (before any byte is copied), a client that has not learned of the new copies is
         // denied at every healthy copy, and asks where the stripes are now: no write can be
         // acknowledged without reaching the copy being made.
-        let old: Vec<(usize, u64, u64)> = self.regions[&id]
-            .extents
-            .iter()
-            .enumerate()
-            .map(|(k, e)| (k, e.base, e.len))
-            .collect();
-        for (k, base, len) in old {
-            let window = self.window_for(base, len, batch);
-            self.regions.get_mut(&id).expect("exists").extents[k].window = Some(window);
-        }
+        self.rewindow(id, batch);
         let mut fill: BTreeMap<NodeId, u64> = BTreeMap::new();
         let mut jobs: Vec<CopyJob> = Vec::new();
         let r = self.regions.get(&id).expect("exists");

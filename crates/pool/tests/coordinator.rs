@@ -209,7 +209,7 @@ impl<S: MetadataStore> Harness<S> {
             data_addrs: vec![format!("udp://127.0.0.1:{}", 7000 + name.len())],
             admin_url: format!("http://{name}.invalid:7547"),
             capacity,
-            boot_id: None,
+            boot_id: Some(format!("{name}-boot")),
         };
         self.ok(
             Method::POST,
@@ -836,8 +836,17 @@ async fn node_lease_expiry_degrades_then_rereplication_heals() {
     assert_eq!(granted, holding);
     assert_eq!(h.status().await.degraded_stripes, 0);
 
-    // The dead node comes back (same epoch): its stale extent is revoked and scrubbed.
-    assert_eq!(h.heartbeat_node(&dead).await, StatusCode::OK);
+    // The dead node comes back: it was declared down, so it must register again (a new
+    // epoch drops whatever grants it still held); its stale extent is revoked and scrubbed.
+    assert_eq!(h.heartbeat_node(&dead).await, StatusCode::NOT_FOUND);
+    let name = st
+        .nodes
+        .iter()
+        .find(|n| n.node_id == dead)
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(h.register(&name, 64 * MIB).await.node_id, dead);
     h.co.tick(true).await;
     let calls = h.control.take();
     assert!(
@@ -879,7 +888,9 @@ async fn a_lost_stripe_comes_back_with_its_node() {
         )
         .await;
     assert_eq!(e, ErrorCode::OutOfCapacity, "no up node");
-    assert_eq!(h.heartbeat_node(&a).await, StatusCode::OK);
+    // Declared down, it must register again; the same process (same boot id) kept its memory.
+    assert_eq!(h.heartbeat_node(&a).await, StatusCode::NOT_FOUND);
+    assert_eq!(h.register("a", 64 * MIB).await.node_id, a);
     let back: RegionInfo = h
         .ok(
             Method::GET,
@@ -889,7 +900,15 @@ async fn a_lost_stripe_comes_back_with_its_node() {
         )
         .await;
     assert_eq!(back.health, RegionHealth::Healthy);
-    assert_eq!(placements(&back), placements(&r));
+    // The same copies, at new addresses.
+    let nodes = |r: &RegionInfo| -> Vec<NodeId> {
+        r.stripes
+            .iter()
+            .flat_map(|s| s.copies.iter().map(|c| c.node_id.clone()))
+            .collect()
+    };
+    assert_eq!(nodes(&back), nodes(&r));
+    assert!(placements(&back).is_disjoint(&placements(&r)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -429,6 +429,16 @@ fn heartbeat(st: &mut State, i: usize, now: u64, records: &mut Records) {
     records.commit(b);
 }
 
+/// A node that was declared down heartbeats: it is told to register again, and does (the
+/// same process).
+fn come_back(st: &mut State, i: usize, now: u64, records: &mut Records) {
+    let e = st
+        .heartbeat_node(&NodeId(format!("n{}", i + 1)), now, &mut Batch::new())
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownNode);
+    register(st, i, now, records);
+}
+
 /// Per stripe, the nodes of its healthy copies.
 fn healthy_nodes(st: &State, id: oxmem_api::RegionId) -> Vec<BTreeSet<String>> {
     st.region_info(st.region(id).unwrap())
@@ -505,10 +515,11 @@ fn copies_that_went_down_current_come_back_to_a_restarted_coordinator() {
         st.region_info(st.region(id).unwrap()).health,
         RegionHealth::Lost
     );
-    // The first heartbeat of a node after the restart comes from the process that held the
-    // copies (a restarted node registers): what went down current on it is current again.
-    heartbeat(&mut st, 0, 6100, &mut records);
-    // The other comes back by registering again from the same process (it fenced itself).
+    // At its first heartbeat after the restart, a node holding copies marked down is told to
+    // register again, and does, from the same process: what went down current on it is
+    // current again.
+    come_back(&mut st, 0, 6100, &mut records);
+    // The other registers again by itself (it fenced itself).
     register(&mut st, 1, 6200, &mut records);
     let healthy = healthy_nodes(&st, id);
     assert!(
@@ -556,12 +567,12 @@ fn a_copy_that_missed_writes_is_never_current_again() {
     assert!(!lost.is_empty(), "no stripe had both copies on n1 and n2");
     // n1 comes back with its memory: its copies of those stripes missed writes, so they stay
     // down, even though no other copy is healthy.
-    heartbeat(&mut st, 0, 9100, &mut records);
+    come_back(&mut st, 0, 9100, &mut records);
     for &i in &lost {
         assert!(healthy_nodes(&st, id)[i].is_empty(), "stripe {i}");
     }
     // n2 comes back: its copies are current again; n1's stay stale.
-    heartbeat(&mut st, 1, 9200, &mut records);
+    come_back(&mut st, 1, 9200, &mut records);
     for &i in &lost {
         assert_eq!(
             healthy_nodes(&st, id)[i],
