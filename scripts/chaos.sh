@@ -10,4 +10,4 @@ SECS=${1:-600}
 cd "$(dirname "$0")/.."
 export OXMEM_CHAOS_SECS=$SECS
 [[ -n ${2:-} ]] && export OXMEM_CHAOS_SEED=$2
-exec nice -n 10 cargo test --release -p oxmem --test chaos -- --include-ignored --nocapture
+exec nice -n 10 cargo test --release -p oxmem --test chaos -- --nocapture
