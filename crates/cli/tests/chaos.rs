@@ -696,7 +696,12 @@ fn chaos() {
             _ => unreachable!(),
         }
         *injected.entry(kind).or_default() += 1;
-        println!("{at:>8.1?}: {kind} (node{victim})");
+        match kind {
+            "node kill" | "loss burst" | "partition" => {
+                println!("{at:>8.1?}: {kind} (node{victim})")
+            }
+            _ => println!("{at:>8.1?}: {kind}"),
+        }
         wait_whole(&url, &format!("the pool whole after {kind}"));
         recoveries.fetch_add(1, Ordering::Relaxed);
     }
