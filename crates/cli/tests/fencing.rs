@@ -10,11 +10,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::netns::{self, Hub, Namespace};
-use common::pool::{Coord, Node, Rng, create_tenant, free_port, get_json, poll, temp_dir};
+use common::pool::{
+    Coord, Node, Rng, create_tenant, fast_failover, free_port, get_json, poll, temp_dir,
+};
 use common::{Running, oxmem};
 use oxmem_api::{NodeHealth, NodeId, NodeInfo, RegionHealth, RegionInfo};
 use oxmem_client::pool::parse_peer;
-use oxmem_client::{AllocOptions, ClientOptions, Error, NodeOptions, Pool, PoolOptions, Region};
+use oxmem_client::{AllocOptions, Error, NodeOptions, Pool, Region};
 
 const MIB: u64 = 1 << 20;
 const ADMIN: &str = "fencing-admin";
@@ -91,14 +93,7 @@ fn a_partitioned_node_fences_itself_and_never_serves_stale_data() {
         .clone();
 
     let tenant = create_tenant(&url, ADMIN, "t", 64 * MIB);
-    let options = PoolOptions {
-        client: ClientOptions {
-            timeout: Duration::from_millis(500),
-            connect_timeout: Duration::from_millis(500),
-            ..ClientOptions::default()
-        },
-        ..PoolOptions::default()
-    };
+    let options = fast_failover();
     let pool = Pool::connect(&url, &tenant.token, options).expect("connect");
     let region = alloc(&pool, 3 * MIB);
     let old = region.info();

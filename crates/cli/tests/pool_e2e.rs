@@ -12,17 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pool::{
-    Coord, Etcd, Node, Rng, Up, create_tenant, free_port, get, get_json, kill9, poll, post,
-    status_json, temp_dir,
+    Coord, Etcd, Node, Rng, Up, create_tenant, fast_failover, free_port, get, get_json, kill9,
+    poll, post, status_json, temp_dir,
 };
 use oxmem_api::{
     ApiError, ClusterStatus, ErrorCode, NodeHealth, NodeId, NodeInfo, OpenSession, RegionHealth,
     RegionInfo,
 };
 use oxmem_client::pool::parse_peer;
-use oxmem_client::{
-    AllocOptions, ClientOptions, Error, NodeOptions, Pool, PoolError, PoolOptions, Region,
-};
+use oxmem_client::{AllocOptions, Error, NodeOptions, Pool, PoolError, PoolOptions, Region};
 
 const MIB: u64 = 1 << 20;
 
@@ -250,14 +248,7 @@ fn a_killed_node_loses_no_acknowledged_write_and_the_region_heals() {
     const SLOTS: u64 = 32;
     let started = Instant::now();
     let up = Up::start(3, "64MiB", &["--replicas", "2", "--lease", "1s"]);
-    let options = PoolOptions {
-        client: ClientOptions {
-            timeout: Duration::from_millis(500),
-            connect_timeout: Duration::from_millis(500),
-            ..ClientOptions::default()
-        },
-        ..PoolOptions::default()
-    };
+    let options = fast_failover();
     let pool = Pool::connect(&up.url, &up.tenant_token, options).expect("connect");
     let region = Arc::new(alloc(&pool, 4 * MIB, 2));
     let info = region.info();
@@ -434,14 +425,7 @@ const NODE_TOKEN: &str = "e2e-node-token";
 #[test]
 fn a_client_that_missed_a_re_replication_is_denied_at_the_old_addresses_then_writes_again() {
     let up = Up::start(3, "64MiB", &["--replicas", "2", "--lease", "1s"]);
-    let options = PoolOptions {
-        client: ClientOptions {
-            timeout: Duration::from_millis(500),
-            connect_timeout: Duration::from_millis(500),
-            ..ClientOptions::default()
-        },
-        ..PoolOptions::default()
-    };
+    let options = fast_failover();
     let pool = Pool::connect(&up.url, &up.tenant_token, options).expect("connect");
     let region = alloc(&pool, 2 * MIB, 2);
     let mut want = Rng::new(0x0e2e_0006).bytes(region.len() as usize);

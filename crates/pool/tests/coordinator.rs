@@ -273,6 +273,16 @@ impl<S: MetadataStore> Harness<S> {
         self.ok(Method::GET, "/v1/status", ADMIN, None).await
     }
 
+    async fn heartbeat_session(&self, token: &str, s: &SessionOpened) -> Lease {
+        self.ok(
+            Method::POST,
+            &format!("/v1/sessions/{}/heartbeat", s.session_id),
+            token,
+            None,
+        )
+        .await
+    }
+
     async fn heartbeat_node(&self, id: &NodeId) -> StatusCode {
         self.raw(
             Method::POST,
@@ -313,14 +323,7 @@ async fn http_end_to_end() {
     let t = h.tenant("acme", 1 << 30).await;
     let s = h.session(&t.token, "udp://10.0.0.9:4000").await;
     assert_eq!(s.lease.lease_ms, 10_000);
-    let lease: Lease = h
-        .ok(
-            Method::POST,
-            &format!("/v1/sessions/{}/heartbeat", s.session_id),
-            &t.token,
-            None,
-        )
-        .await;
+    let lease: Lease = h.heartbeat_session(&t.token, &s).await;
     assert_eq!(lease.lease_ms, 10_000);
 
     let r = h.alloc(&t.token, &s, 5 * MIB, Some(2)).await;
@@ -927,14 +930,7 @@ async fn session_lease_expiry_frees_its_regions() {
     h.control.take();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _: Lease = h
-            .ok(
-                Method::POST,
-                &format!("/v1/sessions/{}/heartbeat", live.session_id),
-                &t.token,
-                None,
-            )
-            .await;
+        let _: Lease = h.heartbeat_session(&t.token, &live).await;
     }
     h.co.tick(true).await;
     let st = h.status().await;
@@ -1011,14 +1007,7 @@ async fn a_session_heard_while_the_coordinator_was_busy_keeps_its_lease() {
     // The session's last answered heartbeat is older than its lease, but the coordinator
     // heard from it all along: it keeps its lease.
     h.co.tick(true).await;
-    let _: Lease = h
-        .ok(
-            Method::POST,
-            &format!("/v1/sessions/{}/heartbeat", s.session_id),
-            &t.token,
-            None,
-        )
-        .await;
+    let _: Lease = h.heartbeat_session(&t.token, &s).await;
     assert_eq!(h.status().await.regions.len(), 1);
 }
 

@@ -28,6 +28,12 @@ fn pool(nodes: usize, capacity: u64) -> (State, TenantId, SessionId) {
         )
         .unwrap();
     }
+    let (t, s) = tenant_and_session(&mut st, &mut b);
+    (st, t, s)
+}
+
+/// Tenant `acme` (no quota to speak of) and a session of it.
+fn tenant_and_session(st: &mut State, b: &mut Batch) -> (TenantId, SessionId) {
     let t = st
         .create_tenant(
             CreateTenant {
@@ -35,7 +41,7 @@ fn pool(nodes: usize, capacity: u64) -> (State, TenantId, SessionId) {
                 quota_bytes: u64::MAX,
             },
             "tok".into(),
-            &mut b,
+            b,
         )
         .unwrap();
     let s = st
@@ -45,10 +51,10 @@ fn pool(nodes: usize, capacity: u64) -> (State, TenantId, SessionId) {
                 client_addr: "udp://10.0.1.1:9000".into(),
             },
             0,
-            &mut b,
+            b,
         )
         .unwrap();
-    (st, t, s)
+    (t, s)
 }
 
 fn req(s: &SessionId, bytes: u64, replicas: Option<u32>) -> AllocRequest {
@@ -462,26 +468,7 @@ fn recorded_pool() -> (State, Records, oxmem_api::RegionId) {
         register(&mut st, i, 0, &mut records);
     }
     let mut b = Batch::new();
-    let t = st
-        .create_tenant(
-            CreateTenant {
-                name: "acme".into(),
-                quota_bytes: u64::MAX,
-            },
-            "tok".into(),
-            &mut b,
-        )
-        .unwrap();
-    let s = st
-        .open_session(
-            &t,
-            OpenSession {
-                client_addr: "udp://10.0.1.1:9000".into(),
-            },
-            0,
-            &mut b,
-        )
-        .unwrap();
+    let (t, s) = tenant_and_session(&mut st, &mut b);
     let id = st.alloc(&t, &req(&s, 6 * MIB, Some(2)), &mut b).unwrap();
     records.commit(b);
     (st, records, id)

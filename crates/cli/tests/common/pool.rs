@@ -299,6 +299,20 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Creates a tenant with the admin token.
+/// Pool options for tests that kill nodes: data-path calls give up after 500 ms, so a client
+/// notices a dead node (and fails over, or refreshes its placement) quickly.
+#[allow(dead_code)] // not every test binary kills nodes
+pub fn fast_failover() -> oxmem_client::PoolOptions {
+    oxmem_client::PoolOptions {
+        client: oxmem_client::ClientOptions {
+            timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+            ..oxmem_client::ClientOptions::default()
+        },
+        ..oxmem_client::PoolOptions::default()
+    }
+}
+
 pub fn create_tenant(base: &str, admin: &str, name: &str, quota: u64) -> TenantCreated {
     let (status, body) = post(
         base,
