@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oxmem_api::{
-    AllocRequest, ApiError, AttachRequest, ErrorCode, Lease, NodeAddr, OpenSession, RegionHealth,
-    RegionId, RegionInfo, SessionId, SessionOpened,
+    AllocRequest, ApiError, AttachRequest, ErrorCode, Lease, NodeAddr, NodeId, OpenSession,
+    RegionHealth, RegionId, RegionInfo, SessionId, SessionOpened,
 };
 use oxmem_net::{EthernetAddress, PeerAddr};
 
@@ -575,34 +575,48 @@ impl Region {
     }
 
     /// Writes `data` at `offset`, to every copy of every stripe touched, all at once. When a
-    /// copy fails and the region's placement has changed meanwhile (a re-replication moved it
-    /// to new addresses, or replaced a lost copy), it writes once more, to the new placement.
+    /// node denies it because the region's copies have moved (a re-replication starts by
+    /// moving them to new addresses), it learns where they are and writes once more there.
     ///
     /// # Errors
     /// The first error of any copy: the write may then be applied to some copies only. A
     /// failed write also asks the coordinator for the latest placement, so that once a lost
     /// copy has been replaced, the next writes go to the new one.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
-        let before = self.lock().stripes.clone();
+        let before = self.addresses();
         match self.write_once(offset, data) {
-            // A copy failed (denied: the region moved to new addresses, as a re-replication
-            // does first; or its node is gone). If the placement is not what this write used,
-            // write again to the new one: the bytes are the same, so copies the first try
-            // reached are not harmed.
-            Err(PoolError::Data(_)) if self.placement_changed_since(&before) => {
+            // A copy denied it: the region may have moved to new addresses (a re-replication
+            // moves it first). If the copies are not where this write sent it, write again
+            // to where they are: the bytes are the same, so copies the first try reached are
+            // not harmed.
+            Err(PoolError::Data(Error::Denied { .. })) if self.moved_since(&before) => {
                 self.write_once(offset, data)
             }
             r => r,
         }
     }
 
-    /// Whether the placement differs from `before`, after asking the coordinator (unless it
-    /// differs already).
-    fn placement_changed_since(&self, before: &[oxmem_api::Stripe]) -> bool {
-        if self.lock().stripes != before {
+    /// Where every copy is: (node, address) per stripe, health aside.
+    fn addresses(&self) -> Vec<Vec<(NodeId, u64)>> {
+        self.lock()
+            .stripes
+            .iter()
+            .map(|s| {
+                s.copies
+                    .iter()
+                    .map(|c| (c.node_id.clone(), c.address))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Whether the copies are elsewhere than `before`, after asking the coordinator (unless
+    /// the failed write already did).
+    fn moved_since(&self, before: &[Vec<(NodeId, u64)>]) -> bool {
+        if self.addresses() != before {
             return true;
         }
-        self.refresh().is_ok() && self.lock().stripes != before
+        self.refresh().is_ok() && self.addresses() != before
     }
 
     fn write_once(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
@@ -630,11 +644,19 @@ impl Region {
                 tickets.push((peer, t));
             }
         }
-        let mut first_error = None;
+        // The first error, but a denial rather than anything else: a denial says the copies
+        // may have moved (see `write`).
+        let mut first_error: Option<Error> = None;
         for (peer, t) in tickets {
             if let Err(e) = t.wait() {
                 self.pool.note_error(peer, &e);
-                first_error.get_or_insert(e);
+                let denied = |e: &Error| matches!(e, Error::Denied { .. });
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| !denied(f) && denied(&e))
+                {
+                    first_error = Some(e);
+                }
             }
         }
         match first_error {

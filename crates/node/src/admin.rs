@@ -45,7 +45,7 @@ use oxmem_net::{EthernetAddress, PeerAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::executor::Executor;
-use crate::grant::{Access, Grant, GrantId, PeerMatch};
+use crate::grant::{Access, GRANT_ADDRESS_ALIGN, Grant, GrantId, PeerMatch};
 use crate::server::SharedExecutor;
 
 /// Longest grant id the node accepts.
@@ -265,6 +265,17 @@ impl NodeAdmin {
                 spec.len,
                 exec.grants().limit(),
             )?;
+            // Checked before anything changes (an epoch switch drops grants).
+            if let Some(addr) = spec.addr {
+                let aligned = (addr ^ spec.base) % GRANT_ADDRESS_ALIGN == 0;
+                if addr.checked_add(spec.len).is_none() || !aligned {
+                    return Err(bad(format!(
+                        "grant {id}: addresses {addr:#x}+{:#x} overflow or are not aligned like \
+                         base {:#x} modulo {GRANT_ADDRESS_ALIGN:#x}",
+                        spec.len, spec.base
+                    )));
+                }
+            }
         }
         if spec.epoch > state.epoch {
             self.switch_epoch(&mut state, spec.epoch);

@@ -28,7 +28,9 @@ pub enum DenyReason {
     NoGrant,
     /// A grant covers the range but allows only reads, and the request writes.
     ReadOnly,
-    /// The range reaches past the arena.
+    /// No grant covers the range, and it is not even inside the arena's own addresses (it
+    /// may be an address of a grant since revoked: the coordinator's grants use addresses far
+    /// above the arena).
     OutOfArena,
     /// The address is not a multiple of the size.
     Unaligned,
@@ -47,7 +49,7 @@ impl fmt::Display for DenyReason {
         f.write_str(match self {
             DenyReason::NoGrant => "no grant covers the range",
             DenyReason::ReadOnly => "write to a read-only grant",
-            DenyReason::OutOfArena => "range reaches past the arena",
+            DenyReason::OutOfArena => "no grant covers the range, which is outside the arena",
             DenyReason::Unaligned => "address not aligned to the size",
             DenyReason::AtomicTooLarge => "atomic wider than the 8-byte bus",
             DenyReason::CorruptData => "write data marked corrupt",

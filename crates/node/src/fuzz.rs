@@ -11,28 +11,35 @@ const ARENA: u64 = 4096;
 /// What every byte outside the grants holds.
 const SENTINEL: u8 = 0xa5;
 
-/// `(peer, base, len, writable)`; `None` is an open window. Bytes outside all of these stay
-/// [`SENTINEL`] for ever.
-const GRANTS: [(Option<u8>, u64, u64, bool); 5] = [
-    (Some(1), 0x400, 0x400, true),
-    (Some(1), 0x800, 0x200, false),
-    (Some(2), 0xa00, 0x200, true),
-    (None, 0xc00, 0x100, false),
-    (None, 0xd00, 0x100, true),
+/// `(peer, base, len, writable, addr)`: the peer addresses `[addr, addr + len)` reach arena
+/// `[base, base + len)`; `None` is an open window. Peer 3's grant is at addresses of its own,
+/// above the arena, as the coordinator's are. Bytes outside all of these stay [`SENTINEL`]
+/// for ever.
+const GRANTS: [(Option<u8>, u64, u64, bool, u64); 6] = [
+    (Some(1), 0x400, 0x400, true, 0x400),
+    (Some(1), 0x800, 0x200, false, 0x800),
+    (Some(2), 0xa00, 0x200, true, 0xa00),
+    (None, 0xc00, 0x100, false, 0xc00),
+    (None, 0xd00, 0x100, true, 0xd00),
+    (Some(3), 0xe00, 0x200, true, 0x8e00),
 ];
 
 /// An independent statement of the grant rule: one grant covers the whole non-empty range.
-fn allowed(peer: u8, address: u64, len: u64, write: bool) -> bool {
-    let Some(end) = address.checked_add(len) else {
-        return false;
-    };
-    len > 0
-        && GRANTS.iter().any(|&(p, base, glen, writable)| {
+/// Returns the arena address the range starts at under it.
+fn allowed(peer: u8, address: u64, len: u64, write: bool) -> Option<u64> {
+    let end = address.checked_add(len)?;
+    if len == 0 {
+        return None;
+    }
+    GRANTS
+        .iter()
+        .find(|&&(p, _, glen, writable, addr)| {
             p.is_none_or(|p| p == peer)
-                && address >= base
-                && end <= base + glen
+                && address >= addr
+                && end <= addr + glen
                 && (writable || !write)
         })
+        .map(|&(_, base, _, _, addr)| base + (address - addr))
 }
 
 /// Feeds messages made from `data` to an executor over a 4 KiB arena with a few grants for
@@ -64,7 +71,7 @@ pub fn fuzz_execute_counted(data: &[u8]) -> Option<Counters> {
     let arena = Arena::new(ARENA).ok()?;
     let mut exec: Executor<u8> = Executor::new(arena);
     exec.arena_mut().as_mut_slice().fill(SENTINEL);
-    for (i, &(peer, base, len, writable)) in GRANTS.iter().enumerate() {
+    for (i, &(peer, base, len, writable, addr)) in GRANTS.iter().enumerate() {
         let access = if writable {
             Access::ReadWrite
         } else {
@@ -77,7 +84,7 @@ pub fn fuzz_execute_counted(data: &[u8]) -> Option<Counters> {
                 base,
                 len,
                 access,
-                addr: base,
+                addr,
             })
             .expect("fixture grants fit the arena");
         let pattern = (i as u8 + 1).wrapping_mul(0x11);
@@ -208,13 +215,12 @@ fn check_one(exec: &mut Executor<u8>, peer: u8, request: &Message<'_>) {
         .collect();
     for &i in &changed {
         let i = i as u64;
+        let Some(at) = allowed(peer, request.address, len, true) else {
+            panic!("byte {i:#x} changed without a writable grant: {request:?}");
+        };
         assert!(
-            i >= request.address && i - request.address < len,
-            "byte {i:#x} changed outside the request {request:?}"
-        );
-        assert!(
-            allowed(peer, request.address, len, true),
-            "byte {i:#x} changed without a writable grant: {request:?}"
+            i >= at && i - at < len,
+            "byte {i:#x} changed outside the request {request:?} (at {at:#x} in the arena)"
         );
     }
 
@@ -238,12 +244,11 @@ fn check_one(exec: &mut Executor<u8>, peer: u8, request: &Message<'_>) {
         Op::Intent => request.param == 1,
         _ => true,
     };
-    assert!(
-        allowed(peer, request.address, len, write),
-        "served a request outside the grants: {request:?}"
-    );
+    let Some(at) = allowed(peer, request.address, len, write) else {
+        panic!("served a request outside the grants: {request:?}");
+    };
     if let Some(data) = data {
-        let start = request.address as usize;
+        let start = at as usize;
         let expected = &before[start..start + len as usize];
         assert_eq!(
             &data[lane..lane + expected.len()],

@@ -32,5 +32,7 @@ pub use agent::{Agent, AgentConfig, AgentEvent, AgentStatus};
 pub use arena::{Arena, ArenaOptions, Backing, PageKind};
 pub use error::{Error, Result};
 pub use executor::{Counters, DeniedCounters, DenyReason, Executor, OpCounters};
-pub use grant::{Access, Grant, GrantId, GrantTable, PeerMatch, Window, parse_size};
+pub use grant::{
+    Access, GRANT_ADDRESS_ALIGN, Grant, GrantId, GrantTable, PeerMatch, Window, parse_size,
+};
 pub use server::{NodeHandler, NodeServer, SharedExecutor};

@@ -72,6 +72,20 @@ fn fuzz_body_runs_messages_built_from_fields() {
     assert!(counters.unsupported > 0 && counters.dropped > 0);
 }
 
+#[test]
+fn fuzz_body_reaches_a_grant_at_addresses_of_its_own() {
+    // Peer 3's grant maps 0x8e00.. onto arena 0xe00..: a write and a read there are served
+    // (and checked against the arena at 0xe00), its arena address itself is not granted.
+    let mut input = Vec::new();
+    input.extend(built(3, 1, 0, 3, 0x8e08, 0, 9)); // PutFullData, 8 bytes
+    input.extend(built(3, 0, 0, 6, 0x8e00, 0, 0)); // Get, 64 bytes
+    input.extend(built(3, 0, 0, 6, 0x0e00, 0, 0)); // Get at the arena address
+    let counters = fuzz_execute_counted(&input).expect("arena");
+    assert_eq!(counters.bytes_written, 8);
+    assert_eq!(counters.bytes_read, 64);
+    assert_eq!(counters.denied.no_grant, 1);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

@@ -176,16 +176,20 @@ struct Inner<S, C, M> {
     leader: AtomicBool,
     leader_tx: watch::Sender<bool>,
     metrics: PrometheusHandle,
-    /// Session heartbeats noted on arrival, before they wait for the state: session id →
-    /// (bearer token, arrival). The lease checker applies those whose token owns the session
+    /// Session heartbeats noted on arrival, before they wait for the state: (session id,
+    /// bearer token) → arrival. The lease checker applies those whose token owns the session
     /// before it judges leases, so a heartbeat counts even when the coordinator was too busy
     /// to answer it before its sender gave up and sent another.
-    arrivals: std::sync::Mutex<HashMap<String, (String, u64)>>,
+    arrivals: std::sync::Mutex<HashMap<(String, String), u64>>,
 }
 
-/// At most this many sessions' heartbeats are noted between two lease checks (junk from a
-/// tenant that invents session ids cannot grow the table without bound).
+/// At most this many heartbeats are noted between two lease checks (junk cannot grow the
+/// table without bound).
 const MAX_NOTED_ARRIVALS: usize = 65_536;
+
+/// Session ids and tokens longer than this are not noted (those this coordinator hands out
+/// are far shorter), so the table holds at most about 40 MiB.
+const MAX_NOTED_LEN: usize = 256;
 
 enum Call {
     Put(GrantPush),
@@ -630,6 +634,11 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         id: RegionId,
         avoid: &mut BTreeSet<NodeId>,
     ) -> Option<RepairPlan> {
+        // The plan moves every extent of the region: every node holding one must take the new
+        // grants, so a region on a node that just failed to answer waits for the next pass.
+        if st.region_nodes(id).iter().any(|n| avoid.contains(n)) {
+            return None;
+        }
         let mut b = Batch::new();
         let plan = st.plan_repair(id, avoid, &mut b)?;
         if self.commit(st, b).await.is_err() {
@@ -763,16 +772,26 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
         }
     }
 
-    /// Notes a session heartbeat on arrival (see `Inner::arrivals`).
+    /// Notes a session heartbeat on arrival (see `Inner::arrivals`). Nothing is checked yet,
+    /// so the note is keyed by session *and* token (a request with someone else's session id
+    /// and a wrong token cannot replace the owner's note), ids and tokens longer than any this
+    /// coordinator hands out are not noted, and the table holds at most
+    /// [`MAX_NOTED_ARRIVALS`] notes between two lease checks. A flood can fill it for one
+    /// pass; that only takes away the allowance for a busy coordinator, never what an answered
+    /// heartbeat does.
     fn note_arrival(&self, headers: &HeaderMap, session: &str, at: u64) {
         let Some(token) = bearer(headers) else { return };
+        if session.len() > MAX_NOTED_LEN || token.len() > MAX_NOTED_LEN {
+            return;
+        }
         let mut noted = self
             .inner
             .arrivals
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if noted.len() < MAX_NOTED_ARRIVALS || noted.contains_key(session) {
-            noted.insert(session.to_owned(), (token.to_owned(), at));
+        let key = (session.to_owned(), token.to_owned());
+        if noted.len() < MAX_NOTED_ARRIVALS || noted.contains_key(&key) {
+            noted.insert(key, at);
         }
     }
 
@@ -785,7 +804,7 @@ impl<S: MetadataStore, C: NodeControl, M: DataMover> Coordinator<S, C, M> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (session, (token, at)) in noted {
+        for ((session, token), at) in noted {
             if let Some(tenant) = st.tenant_by_token(&token).cloned() {
                 let _ = st.heartbeat_session(&tenant, &SessionId(session), at);
             }

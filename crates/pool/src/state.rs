@@ -126,9 +126,14 @@ pub struct CopyRecord {
     pub extent: u64,
     pub offset: u64,
     pub healthy: bool,
-    /// Never current again (see above); meaningful only when not healthy.
-    #[serde(default)]
+    /// Never current again (see above); meaningful only when not healthy. Records written
+    /// before this field read as stale: whether such a copy went down current is not known.
+    #[serde(default = "stale_unless_recorded")]
     pub stale: bool,
+}
+
+fn stale_unless_recorded() -> bool {
+    true
 }
 
 /// A region as stored.
@@ -810,17 +815,18 @@ impl State {
         now: u64,
         _batch: &mut Batch,
     ) -> Result<(), ApiError> {
-        let holds_down_copies = self.holds_down_copies(id);
         let node = self
             .nodes
-            .get_mut(id)
+            .get(id)
             .ok_or_else(|| err(ErrorCode::UnknownNode, format!("no node {id}: register")))?;
-        if !node.up || (!node.confirmed && holds_down_copies) {
+        // (The scan only until the node is confirmed: once after a load.)
+        if !node.up || (!node.confirmed && self.holds_down_copies(id)) {
             return Err(err(
                 ErrorCode::UnknownNode,
                 format!("node {id} was declared down: register again"),
             ));
         }
+        let node = self.nodes.get_mut(id).expect("found above");
         node.last_heartbeat = node.last_heartbeat.max(now);
         node.confirmed = true;
         Ok(())
@@ -967,7 +973,8 @@ impl State {
                     .iter()
                     .any(|c| c.healthy && !on_node.contains(&c.extent));
                 for c in copies.iter_mut().filter(|c| on_node.contains(&c.extent)) {
-                    let stale = c.stale || memory_lost || (c.healthy && elsewhere);
+                    // (`stale` means nothing while a copy is healthy: judged afresh here.)
+                    let stale = memory_lost || if c.healthy { elsewhere } else { c.stale };
                     if c.healthy || stale != c.stale {
                         c.healthy = false;
                         c.stale = stale;
@@ -1066,6 +1073,20 @@ impl State {
             Some((s.rec.client_addr.clone(), Some(a.seq)))
         });
         owner.into_iter().chain(attached).collect()
+    }
+
+    /// The up nodes holding an extent of region `id`.
+    pub fn region_nodes(&self, id: RegionId) -> BTreeSet<NodeId> {
+        self.regions
+            .get(&id)
+            .map(|r| {
+                r.extents
+                    .iter()
+                    .filter(|e| self.node_up(&e.node_id))
+                    .map(|e| e.node_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The grants that give a region's clients access to its current extents (holding a

@@ -654,3 +654,44 @@ fn re_replication_leaves_out_nodes_that_did_not_answer() {
     );
     assert!(!plan.jobs.is_empty());
 }
+
+#[test]
+fn copies_in_records_from_before_staleness_was_recorded_are_never_restored() {
+    let (mut st, mut records, id) = recorded_pool();
+    // n1 and n2 go down together: stripes with both copies there have none healthy.
+    heartbeat(&mut st, 2, 5000, &mut records);
+    expire(&mut st, 5000, &mut records);
+    let lost: Vec<usize> = healthy_nodes(&st, id)
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!lost.is_empty(), "no stripe had both copies on n1 and n2");
+    // The records as an older coordinator wrote them: no `stale` field. Whether a copy went
+    // down current is then unknown, so none is taken for current.
+    for (key, value) in records.0.iter_mut() {
+        if key.starts_with("region/") {
+            let mut v: serde_json::Value = serde_json::from_slice(value).unwrap();
+            for copies in v["stripes"].as_array_mut().unwrap() {
+                for c in copies.as_array_mut().unwrap() {
+                    c.as_object_mut().unwrap().remove("stale");
+                }
+            }
+            *value = serde_json::to_vec(&v).unwrap();
+        }
+    }
+    let mut st = records.load(6000);
+    come_back(&mut st, 0, 6100, &mut records);
+    come_back(&mut st, 1, 6200, &mut records);
+    for &i in &lost {
+        assert!(healthy_nodes(&st, id)[i].is_empty(), "stripe {i} restored");
+    }
+    // Stripes that kept a healthy copy on n3 are untouched.
+    let healthy = healthy_nodes(&st, id);
+    assert!(
+        (0..healthy.len())
+            .filter(|i| !lost.contains(i))
+            .all(|i| healthy[i].contains("n3"))
+    );
+}

@@ -298,7 +298,6 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Creates a tenant with the admin token.
 /// Pool options for tests that kill nodes: data-path calls give up after 500 ms, so a client
 /// notices a dead node (and fails over, or refreshes its placement) quickly.
 #[allow(dead_code)] // not every test binary kills nodes
@@ -313,6 +312,7 @@ pub fn fast_failover() -> oxmem_client::PoolOptions {
     }
 }
 
+/// Creates a tenant with the admin token.
 pub fn create_tenant(base: &str, admin: &str, name: &str, quota: u64) -> TenantCreated {
     let (status, body) = post(
         base,
