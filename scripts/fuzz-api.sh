@@ -73,9 +73,11 @@ echo "fuzz-api: coordinator $URL, $SECONDS_EACH s per token"
 #   and 400 is the answer to a size × replicas beyond the pool's capacity (known only at run
 #   time, so the schema cannot bound it).
 # - POST /v1/tenants: a taken name is 400 bad_request (the API has no conflict code).
-# - /v1/regions/{id}: closing a session (or its lease running out) frees its regions, which
-#   schemathesis's "created resource not found" check does not know: session, alloc, close
-#   session, then GET or DELETE of the region is 404 unknown_region, as it should be.
+# - /v1/regions/{id} and /v1/regions/{id}/attach: closing a session (or its lease running out:
+#   schemathesis never heartbeats, and a session lives 10 s without one) frees its regions,
+#   which schemathesis's "created resource not found" check does not know: session, alloc,
+#   close session (or 10 s), then GET or DELETE of the region is 404 unknown_region, and an
+#   attach with the expired session 404 unknown_session, as they should be.
 cat >"$WORK/schemathesis.toml" <<'EOF'
 [[operations]]
 include-path = "/v1/regions"
@@ -90,6 +92,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403"]
 
 [[operations]]
 include-path = "/v1/regions/{id}"
+checks.ensure_resource_availability.enabled = false
+
+[[operations]]
+include-path = "/v1/regions/{id}/attach"
 checks.ensure_resource_availability.enabled = false
 EOF
 
