@@ -7,7 +7,7 @@
 //! copy, all stripes at once, and fail over to another copy when a node stops answering;
 //! writes go to every copy and fail if any copy could not be written.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -288,6 +288,7 @@ impl Pool {
             freed: false,
             owned: true,
             write_refreshed: Mutex::new(None),
+            moves: AtomicU64::new(0),
         })
     }
 
@@ -314,6 +315,7 @@ impl Pool {
             freed: false,
             owned: false,
             write_refreshed: Mutex::new(None),
+            moves: AtomicU64::new(0),
         })
     }
 
@@ -381,6 +383,15 @@ pub struct Region {
     owned: bool,
     /// When a failed write last asked the coordinator for the placement.
     write_refreshed: Mutex<Option<Instant>>,
+    /// How many times a refresh found the copies at other addresses (see `Region::write`).
+    moves: AtomicU64,
+}
+
+/// Where every copy of `info` is, (node, address) per stripe, health aside: what a move changes.
+fn addresses(info: &RegionInfo) -> impl Iterator<Item = (&NodeId, u64)> + '_ {
+    info.stripes
+        .iter()
+        .flat_map(|s| s.copies.iter().map(|c| (&c.node_id, c.address)))
 }
 
 /// How often failed writes may ask the coordinator where the stripes are.
@@ -435,7 +446,11 @@ impl Region {
         let info: RegionInfo = self.pool.call(self.pool.http.get(self.pool.url(&path)))?;
         self.pool.connect_nodes(&info.nodes);
         let health = info.health;
-        *self.lock() = info;
+        let mut known = self.lock();
+        if addresses(&known).ne(addresses(&info)) {
+            self.moves.fetch_add(1, Ordering::Relaxed);
+        }
+        *known = info;
         Ok(health)
     }
 
@@ -583,40 +598,24 @@ impl Region {
     /// failed write also asks the coordinator for the latest placement, so that once a lost
     /// copy has been replaced, the next writes go to the new one.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {
-        let before = self.addresses();
+        let moves = self.moves.load(Ordering::Relaxed);
         match self.write_once(offset, data) {
             // A copy denied it: the region may have moved to new addresses (a re-replication
             // moves it first). If the copies are not where this write sent it, write again
             // to where they are: the bytes are the same, so copies the first try reached are
             // not harmed.
-            Err(PoolError::Data(Error::Denied { .. })) if self.moved_since(&before) => {
+            Err(PoolError::Data(Error::Denied { .. })) if self.moved_since(moves) => {
                 self.write_once(offset, data)
             }
             r => r,
         }
     }
 
-    /// Where every copy is: (node, address) per stripe, health aside.
-    fn addresses(&self) -> Vec<Vec<(NodeId, u64)>> {
-        self.lock()
-            .stripes
-            .iter()
-            .map(|s| {
-                s.copies
-                    .iter()
-                    .map(|c| (c.node_id.clone(), c.address))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Whether the copies are elsewhere than `before`, after asking the coordinator (unless
-    /// the failed write already did).
-    fn moved_since(&self, before: &[Vec<(NodeId, u64)>]) -> bool {
-        if self.addresses() != before {
-            return true;
-        }
-        self.refresh().is_ok() && self.addresses() != before
+    /// Whether a refresh has found the copies elsewhere since the count was `moves`, after
+    /// asking the coordinator (unless the failed write's own refresh already found that).
+    fn moved_since(&self, moves: u64) -> bool {
+        let moved = || self.moves.load(Ordering::Relaxed) != moves;
+        moved() || (self.refresh().is_ok() && moved())
     }
 
     fn write_once(&self, offset: u64, data: &[u8]) -> Result<(), PoolError> {

@@ -460,6 +460,16 @@ fn healthy_nodes(st: &State, id: oxmem_api::RegionId) -> Vec<BTreeSet<String>> {
         .collect()
 }
 
+/// The stripes of region `id` with no healthy copy.
+fn lost_stripes(st: &State, id: oxmem_api::RegionId) -> Vec<usize> {
+    healthy_nodes(st, id)
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.is_empty())
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Three nodes, one region of 6 stripes with 2 replicas, every change recorded.
 fn recorded_pool() -> (State, Records, oxmem_api::RegionId) {
     let mut st = State::new(Limits::default());
@@ -545,12 +555,7 @@ fn a_copy_that_missed_writes_is_never_current_again() {
         expire(&mut st, 9000, &mut records),
         vec![NodeId("n2".into())]
     );
-    let lost: Vec<usize> = healthy_nodes(&st, id)
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| h.is_empty())
-        .map(|(i, _)| i)
-        .collect();
+    let lost = lost_stripes(&st, id);
     assert!(!lost.is_empty(), "no stripe had both copies on n1 and n2");
     // n1 comes back with its memory: its copies of those stripes missed writes, so they stay
     // down, even though no other copy is healthy.
@@ -618,31 +623,30 @@ fn memory_given_out_again_is_never_at_the_same_addresses() {
 
 #[test]
 fn re_replication_leaves_out_nodes_that_did_not_answer() {
-    let (mut st, mut records, id) = recorded_pool();
-    // Add a fourth node, then n1 goes down: its stripes need new copies.
-    register(&mut st, 3, 0, &mut records);
-    for i in 1..4 {
-        heartbeat(&mut st, i, 5000, &mut records);
-    }
-    assert_eq!(
-        expire(&mut st, 5000, &mut records),
-        vec![NodeId("n1".into())]
-    );
+    // A fourth node joins, then n1 goes down: its stripes need new copies.
+    let n1_down = || {
+        let (mut st, mut records, id) = recorded_pool();
+        register(&mut st, 3, 0, &mut records);
+        for i in 1..4 {
+            heartbeat(&mut st, i, 5000, &mut records);
+        }
+        assert_eq!(
+            expire(&mut st, 5000, &mut records),
+            vec![NodeId("n1".into())]
+        );
+        (st, id)
+    };
     // n4 (empty, so the first choice) just failed to answer: no copy goes there.
+    let (mut st, id) = n1_down();
     let n4 = NodeId("n4".into());
     let plan = st
         .plan_repair(id, &BTreeSet::from([n4.clone()]), &mut Batch::new())
         .expect("a plan");
     assert!(plan.jobs.iter().all(|j| j.to_node.node_id != n4));
     assert!(!plan.jobs.is_empty());
-    let (mut st, mut records, id) = recorded_pool();
-    register(&mut st, 3, 0, &mut records);
-    for i in 1..4 {
-        heartbeat(&mut st, i, 5000, &mut records);
-    }
-    expire(&mut st, 5000, &mut records);
-    // With n2 left out too, stripes whose only healthy copy is on n2 wait (no source), and
-    // nothing is copied from or to n2.
+    // With n2 left out instead, stripes whose only healthy copy is on n2 wait (no source),
+    // and nothing is copied from or to n2.
+    let (mut st, id) = n1_down();
     let n2 = NodeId("n2".into());
     let plan = st
         .plan_repair(id, &BTreeSet::from([n2.clone()]), &mut Batch::new())
@@ -661,12 +665,7 @@ fn copies_in_records_from_before_staleness_was_recorded_are_never_restored() {
     // n1 and n2 go down together: stripes with both copies there have none healthy.
     heartbeat(&mut st, 2, 5000, &mut records);
     expire(&mut st, 5000, &mut records);
-    let lost: Vec<usize> = healthy_nodes(&st, id)
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| h.is_empty())
-        .map(|(i, _)| i)
-        .collect();
+    let lost = lost_stripes(&st, id);
     assert!(!lost.is_empty(), "no stripe had both copies on n1 and n2");
     // The records as an older coordinator wrote them: no `stale` field. Whether a copy went
     // down current is then unknown, so none is taken for current.
